@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Build the local control plane from the official sources through the Go module proxy.
+#
+# Why from source: these machines have no Docker and reach only package registries, so kind, k3d and
+# setup-envtest (which download images or release tarballs) cannot work. The Go module proxy can.
+#
+# Output: $MODELPILOT_CACHE/bin/<component>-<version>/ (default ~/.cache/modelpilot), outside the repo,
+# keyed by version, so a warm run is a few stat() calls. Prints the bin directory on stdout (last line).
+#
+# k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every staging module (k8s.io/api,
+# k8s.io/client-go, ...) with ./staging/src/... . We generate a wrapper module that requires it and
+# replaces each staging module with its published v0.<minor>.<patch>, deriving the list from the real
+# go.mod rather than hard-coding it.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.36.3}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+HELM_VERSION=${HELM_VERSION:-v3.21.4}
+CACHE=${MODELPILOT_CACHE:-$HOME/.cache/modelpilot}
+# Which Kubernetes commands to build; kubelet and kube-proxy are only needed for the real node.
+K8S_CMDS=${K8S_CMDS:-"kube-apiserver kube-controller-manager kube-scheduler kubectl"}
+
+export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
+log() { echo "[build-binaries] $*" >&2; }
+
+k8s_dir="$CACHE/bin/kubernetes-$K8S_VERSION"
+etcd_dir="$CACHE/bin/etcd-$ETCD_VERSION"
+kwok_dir="$CACHE/bin/kwok-$KWOK_VERSION"
+helm_dir="$CACHE/bin/helm-$HELM_VERSION"
+out="$CACHE/bin/current"
+mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$out"
+
+build_k8s() {
+  local missing=()
+  for c in $K8S_CMDS; do [ -x "$k8s_dir/$c" ] || missing+=("$c"); done
+  [ ${#missing[@]} -eq 0 ] && { log "kubernetes $K8S_VERSION: cached"; return; }
+  log "kubernetes $K8S_VERSION: building ${missing[*]} (cold build takes 10-20 min on 2 cores)"
+  local start=$SECONDS work minor patch src
+  work=$(mktemp -d)
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  patch=$(echo "$K8S_VERSION" | cut -d. -f3)
+  src=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  {
+    echo "module modelpilot.dev/k8sbuild"
+    echo
+    echo "go 1.26"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    # every "k8s.io/x => ./staging/src/k8s.io/x" line of the real go.mod becomes a published version
+    grep -E '^\s*k8s\.io/[^ ]+ => \./staging/src/' "$src/go.mod" \
+      | awk -v v="v0.$minor.$patch" '{print "replace " $1 " => " $1 " " v}'
+  } > "$work/go.mod"
+  log "wrapper go.mod has $(grep -c '^replace' "$work/go.mod") staging replaces"
+  local pkg="k8s.io/component-base/version" cgo="k8s.io/client-go/pkg/version"
+  local ld="-s -w"
+  for p in $pkg $cgo; do
+    ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  local pkgs=()
+  for c in "${missing[@]}"; do
+    case $c in
+      kubectl) pkgs+=("k8s.io/kubernetes/cmd/kubectl") ;;
+      *) pkgs+=("k8s.io/kubernetes/cmd/$c") ;;
+    esac
+  done
+  (cd "$work" && go get "${pkgs[@]}" >&2 && go build -trimpath -ldflags "$ld" -o "$k8s_dir/" "${pkgs[@]}")
+  rm -rf "$work"
+  log "kubernetes built in $((SECONDS - start)) s"
+}
+
+build_etcd() {
+  [ -x "$etcd_dir/etcd" ] && { log "etcd $ETCD_VERSION: cached"; return; }
+  log "etcd $ETCD_VERSION: building"
+  local start=$SECONDS work
+  work=$(mktemp -d)
+  printf 'module modelpilot.dev/etcdbuild\n\ngo 1.26\n' > "$work/go.mod"
+  (cd "$work" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 \
+     && go build -trimpath -ldflags "-s -w" -o "$etcd_dir/etcd" go.etcd.io/etcd/server/v3)
+  rm -rf "$work"
+  log "etcd built in $((SECONDS - start)) s"
+}
+
+build_go_install() {  # dir, package@version, binary
+  [ -x "$1/$3" ] && { log "$3: cached"; return; }
+  log "$3: building $2"
+  local start=$SECONDS
+  GOBIN="$1" go install -trimpath -ldflags "-s -w" "$2" >&2
+  log "$3 built in $((SECONDS - start)) s"
+}
+
+build_etcd
+build_go_install "$kwok_dir" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" kwok
+build_go_install "$helm_dir" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm
+build_k8s
+
+# kwok ships no built-in stages: take the upstream ones (node initialise + heartbeat, the general pod
+# lifecycle) from the same module version, so pods go Running/Ready the way kwokctl's defaults do.
+if [ ! -s "$kwok_dir/stages.yaml" ]; then
+  src=$(cd /tmp && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  for f in "$src"/kustomize/stage/node/fast/node-initialize.yaml "$src"/kustomize/stage/node/heartbeat/node-heartbeat.yaml \
+           "$src"/kustomize/stage/pod/general/pod-*.yaml; do
+    echo "---"; cat "$f"
+  done > "$kwok_dir/stages.yaml.tmp" && mv "$kwok_dir/stages.yaml.tmp" "$kwok_dir/stages.yaml"
+fi
+
+# One directory with stable names for PATH.
+for f in "$k8s_dir"/* "$etcd_dir/etcd" "$kwok_dir/kwok" "$kwok_dir/stages.yaml" "$helm_dir/helm"; do
+  ln -sfn "$f" "$out/$(basename "$f")"
+done
+echo "$out"

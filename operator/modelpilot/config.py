@@ -1,0 +1,67 @@
+"""Operator settings: one object, read once from `MODELPILOT_*` environment variables.
+
+Why environment variables: the Helm chart sets them on the operator Deployment, `make run` sets them
+from `.dev/env`, and nothing else needs to be parsed. Every setting is documented where it is declared.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .durations import parse_duration
+
+PREFIX = "MODELPILOT_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Tracking server used when a ModelDeployment has no `spec.registry.trackingUri`.
+    default_tracking_uri: str = ""
+    #: Name of a Secret (in the ModelDeployment's namespace) with `token` or `username`/`password`,
+    #: used when the ModelDeployment names none. Optional: a missing Secret of this default name means
+    #: "no credentials". The values are never logged.
+    default_credentials_secret: str = ""
+    #: Scoring-server image for `runtime.variant: cpu`.
+    server_image_cpu: str = "ghcr.io/modelpilot/scoring-server:0.1.0"
+    #: Scoring-server image for `runtime.variant: gpu` (CUDA runtime base).
+    server_image_gpu: str = "ghcr.io/modelpilot/scoring-server:0.1.0-gpu"
+    #: imagePullPolicy of serving containers (empty: Kubernetes' default for the tag).
+    server_image_pull_policy: str = ""
+    #: Port the scoring server listens on inside the pod; the Service exposes port 80.
+    server_port: int = 8080
+    #: Default `spec.refreshInterval` in seconds: how often aliases are re-resolved.
+    default_refresh_seconds: float = 60.0
+    #: Timeout of each registry HTTP call, in seconds.
+    registry_timeout_seconds: float = 10.0
+    #: First retry delay after a transient registry failure; doubles up to the refresh interval.
+    retry_base_seconds: float = 2.0
+    #: Reconciles that may run at once (they mostly wait on HTTP).
+    workers: int = 4
+    #: Cluster DNS domain used in `status.url`.
+    cluster_domain: str = "cluster.local"
+    #: Name the operator writes with (server-side apply field manager, event source).
+    field_manager: str = "modelpilot"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            if f.name == "default_refresh_seconds":
+                values[f.name] = parse_duration(raw)
+            elif f.type in ("int", int):
+                values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        return cls(**values)
+
+    def env_names(self) -> list[str]:
+        return [PREFIX + f.name.upper() for f in fields(self)]
+

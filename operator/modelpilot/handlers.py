@@ -1,0 +1,88 @@
+"""Kopf wiring: watch events only enqueue work; the reconcile does everything.
+
+Only `on.event` handlers are used. They are stateless in kopf: no finalizers, no
+`last-handled-configuration` annotation, no progress annotations on the user's object, so the
+operator never writes to anything but `status` and its own children (Argo CD stays in sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from . import metrics, render
+from .config import Settings
+from .kube import Kube
+from .reconciler import Key, Reconciler
+from .workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class _State:
+    queue: WorkQueue[Key] | None = None
+    reconciler: Reconciler | None = None
+    task: asyncio.Task[None] | None = None
+
+
+state = _State()
+
+
+def _reconcile(key: Key) -> float | None:
+    assert state.reconciler is not None
+    with metrics.RECONCILE_SECONDS.time():
+        try:
+            result = state.reconciler.reconcile(*key)
+        except Exception:
+            metrics.RECONCILES.labels(result="error").inc()
+            raise
+    metrics.RECONCILES.labels(result="ok").inc()
+    return result
+
+
+def _enqueue(key: Key) -> None:
+    if state.queue is not None:
+        state.queue.add(key)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    config = Settings.from_env()
+    settings.posting.enabled = False  # our own Events are written by the reconcile, with reasons
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    kube = Kube.from_environment()
+    state.reconciler = Reconciler(kube, config)
+    state.queue = WorkQueue(_reconcile, workers=config.workers,
+                            error_delay=lambda _k, n: min(config.retry_base_seconds * 2 ** n, 300.0))
+    state.task = asyncio.create_task(state.queue.run())
+    log.info("modelpilot operator started (default tracking URI: %s)",
+             config.default_tracking_uri or "none")
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if state.task is not None:
+        state.task.cancel()
+    if state.queue is not None:
+        state.queue.shutdown()
+
+
+@kopf.on.event(render.GROUP, render.VERSION, render.PLURAL)
+async def modeldeployment_event(name: str, namespace: str, **_: Any) -> None:
+    _enqueue((namespace, name))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": render.MANAGED_BY})
+async def child_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+    owner = labels.get(render.LABEL_DEPLOYMENT)
+    if owner:
+        _enqueue((namespace, owner))
+
+
+@kopf.on.probe(id="queue")
+def queue_length(**_: Any) -> int:
+    return len(state.queue) if state.queue is not None else 0

@@ -1,0 +1,240 @@
+"""Render the Kubernetes objects of one ModelDeployment: spec in, manifests out.
+
+Pure functions only: no API calls, no clock, no randomness. The same inputs give byte-identical
+manifests, which is what makes the reconcile idempotent (a server-side apply of an unchanged manifest
+is a no-op that does not even bump the resourceVersion). Manifests are built as dicts, never by
+templating YAML, so no user string can inject structure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .registry import ResolvedModel
+from .spec import DeploymentSpec
+
+GROUP = "modelpilot.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+LABEL_DEPLOYMENT = f"{GROUP}/deployment"
+LABEL_TRACK = f"{GROUP}/track"
+LABEL_MODEL_NAME = f"{GROUP}/model-name"
+LABEL_MODEL_VERSION = f"{GROUP}/model-version"
+ANNOTATION_MODEL_URI = f"{GROUP}/model-uri"
+ANNOTATION_SOURCE_URI = f"{GROUP}/source-uri"
+ANNOTATION_RESOLVED_FROM = f"{GROUP}/resolved-from"
+ANNOTATION_RUN_ID = f"{GROUP}/run-id"
+MANAGED_BY = "modelpilot"
+CONTAINER = "scoring-server"
+GPU_RESOURCE = "nvidia.com/gpu"
+SERVICE_PORT = 80
+
+_LABEL_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def label_value(text: str) -> str:
+    """A valid label value that still reads like `text`.
+
+    Label values are at most 63 characters of `[A-Za-z0-9_.-]`, starting and ending alphanumeric;
+    MLflow model names may hold spaces, slashes or be longer. Invalid characters become '-', and a
+    value that had to be changed or shortened gets a short hash so two names never collide.
+    """
+    clean = _LABEL_BAD.sub("-", text).strip("-_.")
+    if clean == text and len(clean) <= 63:
+        return clean
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{clean[:54].rstrip('-_.')}-{digest}".lstrip("-_.")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment that owns the rendered children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def selector_labels(owner: Owner, track: str = "stable") -> dict[str, str]:
+    return {LABEL_DEPLOYMENT: owner.name, LABEL_TRACK: track}
+
+
+def common_labels(owner: Owner) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "modelpilot-scoring-server",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_DEPLOYMENT: owner.name,
+    }
+
+
+def deployment_name(owner: Owner, track: str = "stable") -> str:
+    return owner.name if track == "stable" else f"{owner.name}-{track}"
+
+
+def service_name(owner: Owner) -> str:
+    return owner.name
+
+
+def service_url(owner: Owner, settings: Settings) -> str:
+    return f"http://{service_name(owner)}.{owner.namespace}.svc.{settings.cluster_domain}"
+
+
+def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "MODELPILOT_MODEL_URI", "value": spec.model.pinned(resolved.version)},
+        {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri},
+        {"name": "MODELPILOT_PORT", "value": str(settings.server_port)},
+        {"name": "MODELPILOT_WORKERS", "value": str(spec.runtime.workers)},
+        {"name": "MODELPILOT_MAX_BATCH_SIZE", "value": str(spec.runtime.batching.max_batch_size)},
+        {"name": "MODELPILOT_MAX_BATCH_DELAY_MS", "value": f"{spec.runtime.batching.max_delay_ms:g}"},
+        {"name": "MODELPILOT_MODEL_NAME", "value": resolved.name},
+        {"name": "MODELPILOT_MODEL_VERSION", "value": resolved.version},
+    ]
+    if spec.credentials_secret:
+        # The pod downloads the model through the registry with the same credentials the operator used.
+        for var, key in (("MLFLOW_TRACKING_TOKEN", "token"), ("MLFLOW_TRACKING_USERNAME", "username"),
+                         ("MLFLOW_TRACKING_PASSWORD", "password")):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {
+                "name": spec.credentials_secret, "key": key, "optional": True}}})
+    reserved = {e["name"] for e in env}
+    env.extend(e for e in spec.runtime.env if e["name"] not in reserved)
+    return env
+
+
+def _resources(spec: DeploymentSpec) -> dict[str, Any]:
+    resources: dict[str, Any] = {k: dict(v) for k, v in spec.resources.items()}
+    if spec.gpus:
+        resources.setdefault("limits", {})[GPU_RESOURCE] = spec.gpus
+    return resources
+
+
+def _probe(path: str, settings: Settings, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def render_deployment(
+    owner: Owner,
+    spec: DeploymentSpec,
+    resolved: ResolvedModel,
+    settings: Settings,
+    track: str = "stable",
+) -> dict[str, Any]:
+    """The Deployment that serves exactly `resolved` (never a floating alias)."""
+    gpu = spec.runtime.variant == "gpu"
+    image = settings.server_image_gpu if gpu else settings.server_image_cpu
+    pod_labels = {
+        **common_labels(owner),
+        **selector_labels(owner, track),
+        LABEL_MODEL_NAME: label_value(resolved.name),
+        LABEL_MODEL_VERSION: label_value(resolved.version),
+    }
+    annotations = {
+        ANNOTATION_MODEL_URI: spec.model.pinned(resolved.version),
+        ANNOTATION_RESOLVED_FROM: spec.model_uri,
+    }
+    if resolved.source:
+        annotations[ANNOTATION_SOURCE_URI] = resolved.source
+    if resolved.run_id:
+        annotations[ANNOTATION_RUN_ID] = resolved.run_id
+
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "args": ["--model-uri", spec.model.pinned(resolved.version)],
+        "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"}],
+        "env": _env(spec, resolved, settings),
+        "readinessProbe": _probe("/v2/health/ready", settings, period=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", settings, period=10, failures=3),
+        # Loading a model (download + unpickle + warm-up) can take minutes; liveness waits for it.
+        "startupProbe": _probe("/v2/health/live", settings, period=5, failures=60),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "model-cache", "mountPath": "/tmp"}],
+    }
+    if settings.server_image_pull_policy:
+        container["imagePullPolicy"] = settings.server_image_pull_policy
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 30,
+        "volumes": [{"name": "model-cache", "emptyDir": {}}],
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    tolerations = list(spec.tolerations)
+    if gpu and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(owner, track),
+            "namespace": owner.namespace,
+            "labels": {**common_labels(owner), LABEL_TRACK: track},
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(owner, track)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_service(owner: Owner, settings: Settings) -> dict[str, Any]:
+    """The Service applications call: port 80 → the scoring server's `http` port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(owner),
+            "namespace": owner.namespace,
+            "labels": common_labels(owner),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {LABEL_DEPLOYMENT: owner.name},
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

@@ -1,0 +1,92 @@
+"""A delaying, de-duplicating work queue for reconciles, driven by the operator's event loop.
+
+Why not kopf timers or daemons: kopf puts a finalizer on every object that has a timer or daemon, so
+uninstalling the operator would leave ModelDeployments stuck in deletion, and Argo CD would see a
+field nobody committed. Instead every trigger only *enqueues* the object's key; this queue runs at
+most one reconcile per key at a time, coalesces bursts (ten Deployment status events → one
+reconcile), and re-enqueues a key after the delay the reconcile asked for (refresh interval, backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self, process: Callable[[K], float | None], workers: int = 4,
+                 error_delay: Callable[[K, int], float] | None = None) -> None:
+        self._process = process
+        self._workers = workers
+        self._error_delay = error_delay or (lambda _key, n: min(2.0 ** n, 300.0))
+        self._due: dict[K, float] = {}
+        self._running: set[K] = set()
+        self._dirty: set[K] = set()
+        self._errors: dict[K, int] = {}
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, key: K, delay: float = 0.0) -> None:
+        """Ask for `key` to be processed after `delay` seconds (the earliest request wins)."""
+        if self._loop is None or self._wake is None:
+            raise RuntimeError("the work queue is not running")
+        if delay <= 0 and key in self._running:
+            self._dirty.add(key)  # run again right after the current pass, with fresh state
+            return
+        at = self._loop.time() + max(delay, 0.0)
+        if key not in self._due or at < self._due[key]:
+            self._due[key] = at
+            self._wake.set()
+
+    def __len__(self) -> int:
+        return len(self._due) + len(self._running)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        while True:
+            now = self._loop.time()
+            for key in [k for k, at in self._due.items() if at <= now and k not in self._running]:
+                del self._due[key]
+                self._running.add(key)
+                task = asyncio.create_task(self._work(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            pending = [at for k, at in self._due.items() if k not in self._running]
+            timeout = max(min(pending) - now, 0.0) if pending else None
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _work(self, key: K) -> None:
+        assert self._loop is not None and self._wake is not None
+        requeue: float | None
+        try:
+            requeue = await self._loop.run_in_executor(self._executor, self._process, key)
+            self._errors.pop(key, None)
+        except Exception:
+            count = self._errors.get(key, 0) + 1
+            self._errors[key] = count
+            requeue = self._error_delay(key, count)
+            log.exception("Reconcile of %s failed (attempt %d), retrying in %.0fs", key, count, requeue)
+        finally:
+            self._running.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            requeue = 0.0
+        if requeue is not None:
+            self.add(key, requeue)
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

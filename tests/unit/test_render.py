@@ -1,0 +1,171 @@
+"""Rendering is pure: spec + resolved version in, manifests out."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelpilot import render
+from modelpilot.config import Settings
+from modelpilot.registry import ResolvedModel
+from modelpilot.spec import InvalidSpec, parse_spec
+
+SETTINGS = Settings(default_tracking_uri="http://mlflow.mlflow.svc:5000")
+OWNER = render.Owner(name="fraud", namespace="risk", uid="1234-abcd")
+RESOLVED = ResolvedModel(name="fraud-detector", version="7", run_id="r1", source="mlflow-artifacts:/1/x",
+                         alias="champion")
+
+
+def build(spec: dict[str, Any], resolved: ResolvedModel = RESOLVED) -> dict[str, Any]:
+    return render.render_deployment(OWNER, parse_spec(spec, SETTINGS), resolved, SETTINGS)
+
+
+def container(dep: dict[str, Any]) -> dict[str, Any]:
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def env(dep: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(dep)["env"]}
+
+
+BASE = {"model": {"uri": "models:/fraud-detector@champion"}}
+
+
+def test_pins_resolved_version_never_the_alias() -> None:
+    dep = build(BASE)
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels["modelpilot.dev/model-name"] == "fraud-detector"
+    assert labels["modelpilot.dev/model-version"] == "7"
+    assert container(dep)["args"] == ["--model-uri", "models:/fraud-detector/7"]
+    assert env(dep)["MODELPILOT_MODEL_URI"] == "models:/fraud-detector/7"
+    assert "@champion" not in json.dumps(container(dep))
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["modelpilot.dev/resolved-from"] == "models:/fraud-detector@champion"
+    assert annotations["modelpilot.dev/run-id"] == "r1"
+
+
+def test_owner_reference_and_selector() -> None:
+    dep = build(BASE)
+    (ref,) = dep["metadata"]["ownerReferences"]
+    assert ref == {"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment", "name": "fraud",
+                   "uid": "1234-abcd", "controller": True, "blockOwnerDeletion": True}
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    svc = render.render_service(OWNER, SETTINGS)
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["metadata"]["ownerReferences"] == [ref]
+
+
+def test_version_change_changes_only_what_it_must() -> None:
+    """A new version rolls the pods (template changes) but never the immutable selector."""
+    a, b = build(BASE), build(BASE, ResolvedModel(name="fraud-detector", version="8"))
+    assert a["spec"]["selector"] == b["spec"]["selector"]
+    assert a["spec"]["template"] != b["spec"]["template"]
+
+
+def test_render_is_deterministic_and_does_not_mutate_input() -> None:
+    spec = {**BASE, "replicas": 3, "tolerations": [{"key": "a", "operator": "Exists"}]}
+    before = copy.deepcopy(spec)
+    assert build(spec) == build(spec)
+    assert spec == before
+
+
+def test_probes_and_security_defaults() -> None:
+    c = container(build(BASE))
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    pod = build(BASE)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("runtime", "resources", "image", "gpus"),
+    [
+        pytest.param({}, {}, SETTINGS.server_image_cpu, None, id="cpu-default"),
+        pytest.param({"variant": "gpu"}, {}, SETTINGS.server_image_gpu, 1, id="gpu-default-one"),
+        pytest.param({"variant": "gpu"}, {"gpu": 2, "limits": {"memory": "8Gi"}}, SETTINGS.server_image_gpu, 2,
+                     id="gpu-two"),
+    ],
+)
+def test_variants(runtime: dict[str, Any], resources: dict[str, Any], image: str, gpus: int | None) -> None:
+    dep = build({**BASE, "runtime": runtime, "resources": resources})
+    c = container(dep)
+    assert c["image"] == image
+    assert c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") == gpus
+    tolerations = dep["spec"]["template"]["spec"].get("tolerations", [])
+    assert any(t["key"] == "nvidia.com/gpu" for t in tolerations) == (gpus is not None)
+
+
+def test_runtime_settings_reach_the_server() -> None:
+    dep = build({**BASE, "runtime": {"workers": 3, "batching": {"maxBatchSize": 64, "maxDelayMs": 2.5},
+                                     "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
+                                             {"name": "MODELPILOT_MODEL_URI", "value": "evil"}]}})
+    e = env(dep)
+    assert (e["MODELPILOT_WORKERS"], e["MODELPILOT_MAX_BATCH_SIZE"], e["MODELPILOT_MAX_BATCH_DELAY_MS"]) == (
+        "3", "64", "2.5")
+    assert e["OMP_NUM_THREADS"] == "1"
+    assert e["MODELPILOT_MODEL_URI"] == "models:/fraud-detector/7", "user env cannot override the pin"
+
+
+def test_credentials_reach_the_pod_by_reference_only() -> None:
+    dep = build({**BASE, "registry": {"credentialsSecretRef": {"name": "mlflow-auth"}}})
+    e = env(dep)
+    assert e["MLFLOW_TRACKING_TOKEN"] == {"secretKeyRef": {"name": "mlflow-auth", "key": "token", "optional": True}}
+    assert e["MLFLOW_TRACKING_URI"] == SETTINGS.default_tracking_uri
+
+
+LABEL = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.\-]{0,61}[A-Za-z0-9])?)?$")
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_label_value_is_always_valid(text: str) -> None:
+    value = render.label_value(text)
+    assert LABEL.match(value), value
+
+
+def test_label_value_keeps_clean_names_and_separates_mangled_ones() -> None:
+    assert render.label_value("fraud-detector") == "fraud-detector"
+    assert render.label_value("a b") != render.label_value("a/b")
+    assert len(render.label_value("x" * 100)) <= 63
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        pytest.param({}, "spec.model.uri", id="no-model"),
+        pytest.param({"model": {}}, "spec.model.uri", id="no-uri"),
+        pytest.param({"model": {"uri": "s3://b/x"}}, "spec.model.uri", id="storage-uri"),
+        pytest.param({**BASE, "replicas": -1}, "spec.replicas", id="negative-replicas"),
+        pytest.param({**BASE, "replicas": "3"}, "spec.replicas", id="string-replicas"),
+        pytest.param({**BASE, "refreshInterval": "soon"}, "spec.refreshInterval", id="bad-interval"),
+        pytest.param({**BASE, "runtime": {"variant": "tpu"}}, "spec.runtime.variant", id="bad-variant"),
+        pytest.param({**BASE, "resources": {"gpu": 1}}, "spec.resources.gpu", id="gpu-on-cpu"),
+        pytest.param({**BASE, "runtime": {"workers": 0}}, "spec.runtime.workers", id="zero-workers"),
+    ],
+)
+def test_invalid_specs_name_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec(spec, SETTINGS)
+    assert field in str(err.value)
+
+
+def test_no_tracking_uri_anywhere_is_a_clear_error() -> None:
+    with pytest.raises(InvalidSpec, match="trackingUri"):
+        parse_spec(BASE, Settings())
+
+
+def test_spec_defaults() -> None:
+    spec = parse_spec(BASE, SETTINGS)
+    assert (spec.replicas, spec.refresh_seconds, spec.runtime.variant, spec.runtime.workers) == (1, 60.0, "cpu", 1)
+    assert spec.credentials_secret is None
+    assert parse_spec(BASE, Settings(default_tracking_uri="http://x", default_credentials_secret="d")
+                      ).credentials_required is False
