@@ -58,10 +58,11 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
             result = check()
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001 - polling: remember and retry
+        except Exception as exc:
             last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    detail = f" (last error: {last})" if last else ""
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
 
 
 def ensure_binaries() -> Path:
@@ -330,8 +331,8 @@ class ControlPlane:
         ])
         for node in KWOK_NODES:
             self.kubectl("apply", "-f", "-", input=json.dumps(kwok_node(node["name"], int(node["gpu"]))))
-        wait_for(lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
-                 60, f"the default ServiceAccount (controller-manager)\n{self.procs.log_tail('kube-controller-manager')}")
+        wait_for(lambda: self.kubectl("get", "sa", "default", "-n", "default", check=False).returncode == 0, 60,
+                 f"the default ServiceAccount\n{self.procs.log_tail('kube-controller-manager')}")
         wait_for(self._nodes_ready, 60, f"kwok nodes Ready\n{self.procs.log_tail('kwok')}")
         log(f"control plane ready at {self.server} in {time.monotonic() - started:.1f}s")
 
@@ -371,9 +372,11 @@ def kwok_node(name: str, gpus: int) -> dict[str, Any]:
 class MlflowServer:
     """`mlflow server` on sqlite with proxied artifacts (`mlflow-artifacts:/…` sources)."""
 
-    def __init__(self, state: Path, name: str = "mlflow") -> None:
+    def __init__(self, state: Path, name: str = "mlflow", admin_password: str | None = None) -> None:
+        """With `admin_password`, run MLflow's basic-auth app (user `admin`)."""
         self.dir = state / name
         self.name = name
+        self.admin_password = admin_password
         self.procs = Processes(self.dir)
         self.port_path = self.dir / "port"
 
@@ -391,6 +394,8 @@ class MlflowServer:
         try:
             with urllib.request.urlopen(self.url + "/health", timeout=3) as resp:
                 return resp.status == 200
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401  # the basic-auth app guards /health too: it answers, so it is up
         except OSError:
             return False
 
@@ -405,11 +410,17 @@ class MlflowServer:
         self.port_path.write_text(str(port))
         mlflow = Path(sys.executable).parent / "mlflow"
         started = time.monotonic()
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        auth: list[str] = []
+        if self.admin_password:
+            auth = ["--app-name", "basic-auth"]
+            env.update(MLFLOW_AUTH_ADMIN_PASSWORD=self.admin_password,
+                       MLFLOW_FLASK_SERVER_SECRET_KEY="modelpilot-dev-only")
         self.procs.start("mlflow", [
             str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.dir / 'mlflow.db'}",
             "--artifacts-destination", str(self.dir / "artifacts"), "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ], env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *auth,
+        ], env=env)
         wait_for(self.healthy, 120, f"mlflow server on port {port}\n{self.procs.log_tail('mlflow')}")
         log(f"mlflow server ready at {self.url} in {time.monotonic() - started:.1f}s")
 

@@ -1,11 +1,114 @@
-"""Helpers shared by the test modules (not fixtures: those live in conftest.py)."""
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-from hack.devenv import wait_for
+from hack.devenv import ControlPlane, Processes, free_port, wait_for
+from modelpilot.kube import Kube
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["REPO", "wait_for"]
+MDEP = ("modelpilot.dev/v1alpha1", "ModelDeployment")
+
+
+class Registry:
+    """Register real models the way a data scientist does (see hack/sample_model.py)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def register(self, name: str, alias: str | None = None, seed: int = 0) -> str:
+        from hack.sample_model import register
+
+        return register(self.url, name, alias, trees=5, seed=seed, features=4)
+
+    def client(self) -> Any:
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.url, registry_uri=self.url)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client().set_registered_model_alias(name, alias, version)
+
+
+class Operator:
+    """The real `modelpilot-operator` CLI as a subprocess, restartable."""
+
+    def __init__(self, state: Path, kubeconfig: Path, tracking_uri: str) -> None:
+        self.procs = Processes(state / "operator")
+        self.env = {
+            "KUBECONFIG": str(kubeconfig),
+            "MODELPILOT_DEFAULT_TRACKING_URI": tracking_uri,
+            "MODELPILOT_RETRY_BASE_SECONDS": "1",
+            "MODELPILOT_REGISTRY_TIMEOUT_SECONDS": "3",
+        }
+        self.liveness_port = 0
+
+    def start(self) -> None:
+        self.liveness_port = free_port()
+        self.procs.start("operator", [
+            sys.executable, "-m", "modelpilot.cli", "--all-namespaces",
+            "--liveness-port", str(self.liveness_port), "--metrics-port", str(free_port()),
+        ], env=self.env)
+        wait_for(self._live, 60, f"operator liveness endpoint\n{self.logs()}")
+
+    def _live(self) -> bool:
+        if not self.procs.alive("operator"):
+            raise RuntimeError(f"operator exited:\n{self.logs()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.procs.stop("operator")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def logs(self, lines: int = 60) -> str:
+        return self.procs.log_tail("operator", lines)
+
+
+def mdep_manifest(name: str, namespace: str, uri: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"model": {"uri": uri}, **spec}}
+
+
+def apply(cp: ControlPlane, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return cp.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=False)
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def events_for(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    body = kube.request("GET", f"/api/v1/namespaces/{namespace}/events",
+                        params={"fieldSelector": f"involvedObject.name={name},involvedObject.kind=ModelDeployment"})
+    return list((body or {}).get("items", []))
+
+
+def wait_ready(kube: Kube, namespace: str, name: str, timeout: float = 90, operator: Operator | None = None
+               ) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        obj = kube.get("modelpilot.dev/v1alpha1", "ModelDeployment", namespace, name)
+        return obj if condition(obj, "Ready").get("status") == "True" else None
+
+    try:
+        return dict(wait_for(ready, timeout, f"ModelDeployment {namespace}/{name} to become Ready"))
+    except TimeoutError as exc:
+        obj = kube.get("modelpilot.dev/v1alpha1", "ModelDeployment", namespace, name)
+        detail = json.dumps((obj or {}).get("status"), indent=1)
+        raise AssertionError(f"{exc}\nstatus: {detail}\n" + (operator.logs() if operator else "")) from None

@@ -66,6 +66,8 @@ class ResolvedModel:
     version: str
     run_id: str = ""
     source: str = ""
+    #: Where the artifacts can be downloaded from (`get-download-uri`), e.g. mlflow-artifacts:/….
+    download_uri: str = ""
     alias: str | None = None
     stage: str | None = None
     aliases: tuple[str, ...] = field(default=())
@@ -73,7 +75,7 @@ class ResolvedModel:
     def to_status(self, uri: str) -> dict[str, Any]:
         out: dict[str, Any] = {"uri": uri, "name": self.name, "version": self.version}
         for key, value in (("alias", self.alias), ("stage", self.stage), ("runId", self.run_id),
-                           ("source", self.source)):
+                           ("source", self.source), ("downloadUri", self.download_uri)):
             if value:
                 out[key] = value
         return out
@@ -85,6 +87,7 @@ class ResolvedModel:
             version=str(status_model["version"]),
             run_id=str(status_model.get("runId", "")),
             source=str(status_model.get("source", "")),
+            download_uri=str(status_model.get("downloadUri", "")),
             alias=status_model.get("alias"),
             stage=status_model.get("stage"),
         )
@@ -192,11 +195,13 @@ class RegistryClient:
         if status != "READY":
             detail = mv.get("status_message") or status
             raise VersionNotReady(f"model {ref.name!r} version {version} is not ready: {detail}")
+        name = str(mv.get("name", ref.name))
         return ResolvedModel(
-            name=str(mv.get("name", ref.name)),
+            name=name,
             version=version,
             run_id=str(mv.get("run_id") or ""),
             source=str(mv.get("source") or ""),
+            download_uri=self.download_uri(name, version),
             alias=ref.alias,
             stage=ref.value if ref.kind is RefKind.STAGE else None,
             aliases=tuple(mv.get("aliases") or ()),

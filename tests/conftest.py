@@ -1,0 +1,86 @@
+"""Session fixtures: a real control plane, a real MLflow server, and the real operator process.
+
+Nothing here is mocked. The control plane is built from source (cached in ~/.cache/modelpilot) and
+started once per session in its own state directory; set MODELPILOT_TEST_STATE to a directory to
+reuse a running one between sessions. Each test gets a fresh namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hack.devenv import ControlPlane, MlflowServer, ensure_binaries, wait_for
+from modelpilot.kube import Kube
+from tests.helpers import Operator, Registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    explicit = os.environ.get("MODELPILOT_TEST_STATE")
+    return Path(explicit).resolve() if explicit else tmp_path_factory.mktemp("devenv")
+
+
+# -- MLflow ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def mlflow_server(state_dir: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(state_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(mlflow_server: MlflowServer) -> Registry:
+    return Registry(mlflow_server.url)
+
+
+@pytest.fixture
+def model_name() -> str:
+    return f"model-{uuid.uuid4().hex[:8]}"
+
+
+# -- the control plane -------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def control_plane(state_dir: Path) -> Iterator[ControlPlane]:
+    cp = ControlPlane(state_dir, ensure_binaries())
+    cp.start()
+    cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    wait_for(lambda: cp.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0, 30,
+             "the ModelDeployment CRD to be served")
+    yield cp
+    if not os.environ.get("MODELPILOT_TEST_STATE"):
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Kube:
+    from kubernetes import config as kube_config
+    from kubernetes.client import Configuration
+
+    cfg = Configuration()
+    kube_config.load_kube_config(config_file=str(control_plane.kubeconfig_path), client_configuration=cfg)
+    return Kube(cfg)
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# -- the operator ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def operator(control_plane: ControlPlane, mlflow_server: MlflowServer, state_dir: Path) -> Iterator[Operator]:
+    op = Operator(state_dir, control_plane.kubeconfig_path, mlflow_server.url)
+    op.start()
+    yield op
+    op.stop()
