@@ -48,9 +48,11 @@ def resource_path(api_version: str, kind: str, namespace: str, name: str | None 
 class Kube:
     """A thread-safe, synchronous client for one cluster."""
 
-    def __init__(self, configuration: Configuration, timeout: float = 30.0) -> None:
+    def __init__(self, configuration: Configuration, timeout: float = 30.0,
+                 user_agent: str = "modelpilot-operator") -> None:
         self.cfg = configuration
         self.timeout = timeout
+        self.user_agent = user_agent
         self._local = threading.local()
 
     @classmethod
@@ -81,7 +83,7 @@ class Kube:
         params: dict[str, str] | None = None,
     ) -> dict[str, Any] | None:
         """One API call. Returns the decoded body, None for 404 on GET; raises KubeError otherwise."""
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": self.user_agent}
         token = self.cfg.get_api_key_with_prefix("BearerToken") or self.cfg.get_api_key_with_prefix(
             "authorization")
         if token:
@@ -115,9 +117,10 @@ class Kube:
         return result
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                     status: dict[str, Any]) -> dict[str, Any] | None:
+                     status: dict[str, Any], field_manager: str) -> dict[str, Any] | None:
         path = resource_path(api_version, kind, namespace, name) + "/status"
-        return self.request("PATCH", path, {"status": status}, "application/merge-patch+json")
+        return self.request("PATCH", path, {"status": status}, "application/merge-patch+json",
+                            params={"fieldManager": field_manager})
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         secret = self.get("v1", "Secret", namespace, name)

@@ -204,7 +204,8 @@ class Reconciler:
             return
         meta = obj["metadata"]
         try:
-            self.kube.patch_status(render.API_VERSION, render.KIND, meta["namespace"], meta["name"], new)
+            self.kube.patch_status(render.API_VERSION, render.KIND, meta["namespace"], meta["name"], new,
+                                   self.settings.field_manager)
         except KubeError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report to
                 raise

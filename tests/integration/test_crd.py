@@ -1,0 +1,69 @@
+"""The CRD, as the real API server enforces it at `kubectl apply` time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hack.devenv import ControlPlane
+from tests.helpers import apply, mdep_manifest
+
+pytestmark = pytest.mark.cluster
+
+GOOD = "models:/fraud-detector@champion"
+
+
+@pytest.mark.parametrize(
+    ("manifest_spec", "field", "says"),
+    [
+        pytest.param({"model": {}}, "spec.model.uri", "Required value", id="no-uri"),
+        pytest.param({}, "spec.model", "Required value", id="no-model"),
+        pytest.param({"model": {"uri": "s3://bucket/x"}}, "spec.model.uri", "models:/", id="storage-uri"),
+        pytest.param({"model": {"uri": "models://profile/x/1"}}, "spec.model.uri", "models:/", id="profile-uri"),
+        pytest.param({"model": {"uri": GOOD}, "replicas": -1}, "spec.replicas", "greater than or equal to 0",
+                     id="negative-replicas"),
+        pytest.param({"model": {"uri": GOOD}, "canary": {"weight": 101}}, "spec.canary.weight",
+                     "less than or equal to 100", id="canary-weight-over"),
+        pytest.param({"model": {"uri": GOOD}, "canary": {"weight": -5}}, "spec.canary.weight",
+                     "greater than or equal to 0", id="canary-weight-under"),
+        pytest.param({"model": {"uri": GOOD}, "canary": {"steps": [{"weight": 150}]}}, "spec.canary.steps[0].weight",
+                     "less than or equal to 100", id="step-weight"),
+        pytest.param({"model": {"uri": GOOD}, "refreshInterval": "soon"}, "spec.refreshInterval", "should match",
+                     id="bad-interval"),
+        pytest.param({"model": {"uri": GOOD}, "runtime": {"variant": "tpu"}}, "spec.runtime.variant",
+                     "Unsupported value", id="bad-variant"),
+        pytest.param({"model": {"uri": GOOD}, "registry": {"trackingUri": "mlflow:5000"}},
+                     "spec.registry.trackingUri", "should match", id="tracking-uri-no-scheme"),
+    ],
+)
+def test_invalid_specs_are_refused_naming_the_field(
+        control_plane: ControlPlane, namespace: str, manifest_spec: dict[str, Any], field: str, says: str) -> None:
+    manifest = mdep_manifest("bad", namespace, GOOD)
+    manifest["spec"] = manifest_spec
+    result = apply(control_plane, manifest)
+    assert result.returncode != 0, "the API server accepted an invalid spec"
+    assert field in result.stderr and says in result.stderr, result.stderr
+
+
+def test_name_must_fit_the_children(control_plane: ControlPlane, namespace: str) -> None:
+    result = apply(control_plane, mdep_manifest("x" * 60, namespace, GOOD))
+    assert result.returncode != 0 and "56 characters" in result.stderr, result.stderr
+
+
+def test_valid_spec_is_accepted_with_dry_run(control_plane: ControlPlane, namespace: str) -> None:
+    manifest = mdep_manifest("ok", namespace, GOOD, replicas=0, refreshInterval="1h30m",
+                             runtime={"variant": "gpu", "batching": {"maxBatchSize": 8, "maxDelayMs": 2.5}},
+                             resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "gpu": 1},
+                             canary={"model": {"uri": "models:/fraud-detector@challenger"}, "weight": 10})
+    import json
+
+    result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_explain_reads_descriptions(control_plane: ControlPlane) -> None:
+    out = control_plane.kubectl("explain", "modeldeployment.spec.model.uri").stdout
+    assert "models:/NAME@ALIAS" in out
+    out = control_plane.kubectl("explain", "mdep.spec.refreshInterval").stdout
+    assert "re-resolved" in out

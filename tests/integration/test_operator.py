@@ -1,0 +1,228 @@
+"""The operator against a real kube-apiserver (+ controller-manager, scheduler, kwok) and a real MLflow.
+
+Assertions are on what the API server holds: Deployments, Services, owner references, pods, status,
+events and resourceVersions.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hack.devenv import ControlPlane, MlflowServer
+from modelpilot.kube import Kube
+from tests.helpers import MDEP, Operator, Registry, apply, condition, events_for, mdep_manifest, wait_for, wait_ready
+
+pytestmark = pytest.mark.cluster
+
+VERSION_LABEL = "modelpilot.dev/model-version"
+
+
+def deployment(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+    return kube.get("apps/v1", "Deployment", ns, name)
+
+
+def served_version(kube: Kube, ns: str, name: str) -> str | None:
+    dep = deployment(kube, ns, name)
+    return dep["spec"]["template"]["metadata"]["labels"][VERSION_LABEL] if dep else None
+
+
+def pods(kube: Kube, ns: str, selector: str) -> list[dict[str, Any]]:
+    body = kube.request("GET", f"/api/v1/namespaces/{ns}/pods", params={"labelSelector": selector})
+    return list((body or {}).get("items", []))
+
+
+def ready_pods(kube: Kube, ns: str, selector: str) -> list[dict[str, Any]]:
+    return [p for p in pods(kube, ns, selector) if not p["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))]
+
+
+def test_apply_creates_a_pinned_deployment_and_service(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    version = registry.register(model_name, alias="champion")
+    result = apply(control_plane, mdep_manifest("fraud", namespace, f"models:/{model_name}@champion", replicas=2))
+    assert result.returncode == 0, result.stderr
+
+    obj = wait_ready(kube, namespace, "fraud", operator=operator)
+    uid = obj["metadata"]["uid"]
+    dep = deployment(kube, namespace, "fraud")
+    assert dep is not None
+    template = dep["spec"]["template"]
+    assert template["metadata"]["labels"]["modelpilot.dev/model-name"] == model_name
+    assert template["metadata"]["labels"][VERSION_LABEL] == version
+    assert template["spec"]["containers"][0]["args"] == ["--model-uri", f"models:/{model_name}/{version}"]
+    assert dep["metadata"]["ownerReferences"] == [{
+        "apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment", "name": "fraud", "uid": uid,
+        "controller": True, "blockOwnerDeletion": True}]
+    svc = kube.get("v1", "Service", namespace, "fraud")
+    assert svc is not None and svc["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert svc["spec"]["ports"][0]["port"] == 80
+
+    # pods really exist, scheduled and Ready (simulated by kwok), and are selected by the Service
+    selector = ",".join(f"{k}={v}" for k, v in svc["spec"]["selector"].items())
+    assert len(ready_pods(kube, namespace, selector)) == 2
+
+    status = obj["status"]
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status["model"]["version"] == version and status["model"]["alias"] == "champion"
+    assert len(status["model"]["runId"]) == 32
+    assert (status["replicas"], status["readyReplicas"]) == (2, 2)
+    assert status["url"] == f"http://fraud.{namespace}.svc.cluster.local"
+    assert {c["type"] for c in status["conditions"]} >= {"Ready", "ModelResolved", "Progressing", "Degraded"}
+    assert [e["reason"] for e in events_for(kube, namespace, "fraud")].count("Resolved") == 1
+
+    # the operator writes only status: no finalizers, no annotations, no spec changes
+    meta = obj["metadata"]
+    assert not meta.get("finalizers")
+    assert not [a for a in meta.get("annotations", {}) if "kopf" in a or "modelpilot" in a]
+    managers = {m["manager"]: m.get("subresource", "") for m in meta["managedFields"]}
+    assert managers.get("modelpilot") == "status", managers
+
+    printed = control_plane.kubectl("get", "mdep", "fraud", "-n", namespace).stdout
+    assert model_name in printed and "Serving" in printed, printed
+
+
+def test_moving_the_alias_rolls_out_the_new_version(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    registry.register(model_name, alias="champion", seed=0)
+    refresh = 3
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion",
+                                       refreshInterval=f"{refresh}s"))
+    wait_ready(kube, namespace, "m", operator=operator)
+    assert served_version(kube, namespace, "m") == "1"
+
+    new = registry.register(model_name, alias="champion", seed=1)
+    moved_at = time.monotonic()
+    wait_for(lambda: served_version(kube, namespace, "m") == new, refresh + 10,
+             "the Deployment to follow the alias")
+    assert time.monotonic() - moved_at <= refresh + 10
+
+    obj = wait_ready(kube, namespace, "m", operator=operator)
+    assert obj["status"]["model"]["version"] == new
+    assert obj["status"]["lastVersionChange"]["from"] == "1" and obj["status"]["lastVersionChange"]["to"] == new
+    changed = [e for e in events_for(kube, namespace, "m") if e["reason"] == "VersionChanged"]
+    assert len(changed) == 1 and f"from version 1 to {new}" in changed[0]["message"]
+    selector = f"modelpilot.dev/deployment=m,{VERSION_LABEL}={new}"
+    wait_for(lambda: len(ready_pods(kube, namespace, selector)) == 1, 60, "a Ready pod of the new version")
+
+
+def test_registry_outage_leaves_children_untouched_and_recovers(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str, model_name: str,
+        tmp_path: Path) -> None:
+    own = MlflowServer(tmp_path, name="mlflow-outage")
+    own.start()
+    try:
+        Registry(own.url).register(model_name, alias="champion")
+        apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s",
+                                           registry={"trackingUri": own.url}))
+        wait_ready(kube, namespace, "m", operator=operator)
+        before = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
+                  for api, kind in (("apps/v1", "Deployment"), ("v1", "Service"))}
+
+        own.stop()
+        obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and
+                       condition(o, "ModelResolved").get("reason") == "RegistryUnreachable" and o, 30,
+                       "a RegistryUnreachable condition")
+        resolved = condition(obj, "ModelResolved")
+        assert resolved["status"] == "False" and own.url in resolved["message"]
+        assert "still serving the last resolved version 1" in resolved["message"]
+        assert condition(obj, "Ready")["status"] == "False"
+        assert condition(obj, "Degraded")["status"] == "True"
+        assert obj["status"]["model"]["version"] == "1"
+        warnings = [e for e in events_for(kube, namespace, "m") if e["type"] == "Warning"]
+        assert [e["reason"] for e in warnings] == ["RegistryUnreachable"], "one warning, not one per retry"
+        time.sleep(5)  # several refresh intervals (and retries) with the registry down
+        after = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
+                 for api, kind in (("apps/v1", "Deployment"), ("v1", "Service"))}
+        assert after == before, "children must not be touched while the registry is down"
+
+        own.start()  # same port, same database; the operator is not touched
+        obj = wait_ready(kube, namespace, "m", timeout=60, operator=operator)
+        assert condition(obj, "ModelResolved")["status"] == "True"
+        assert any(e["reason"] == "Recovered" for e in events_for(kube, namespace, "m"))
+    finally:
+        own.stop()
+
+
+@pytest.mark.parametrize(
+    ("uri_suffix", "extra", "reason"),
+    [
+        pytest.param("@no-such-alias", {}, "ModelNotFound", id="unknown-alias"),
+        pytest.param("/42", {}, "ModelNotFound", id="unknown-version"),
+        pytest.param("@champion", {"registry": {"credentialsSecretRef": {"name": "missing"}}},
+                     "CredentialsSecretInvalid", id="missing-secret"),
+    ],
+)
+def test_unresolvable_creates_nothing(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str, uri_suffix: str, extra: dict[str, Any], reason: str) -> None:
+    registry.register(model_name, alias="champion")
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}{uri_suffix}", **extra))
+    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "ModelResolved").get("reason")
+                   == reason and o, 30, f"a {reason} condition")
+    assert condition(obj, "Ready")["status"] == "False"
+    assert condition(obj, "ModelResolved")["message"]
+    assert any(e["reason"] == reason and e["type"] == "Warning" for e in events_for(kube, namespace, "m"))
+    assert deployment(kube, namespace, "m") is None
+    assert kube.get("v1", "Service", namespace, "m") is None
+
+
+def test_unknown_model_name(control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str) -> None:
+    apply(control_plane, mdep_manifest("m", namespace, "models:/never-registered@champion"))
+    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "ModelResolved").get("reason")
+                   == "ModelNotFound" and o, 30, "a ModelNotFound condition")
+    assert "never-registered" in condition(obj, "ModelResolved")["message"]
+    assert deployment(kube, namespace, "m") is None
+
+
+def test_spec_changes_are_applied_and_delete_cascades(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    registry.register(model_name, alias="champion")
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", replicas=1))
+    wait_ready(kube, namespace, "m", operator=operator)
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", replicas=3))
+    wait_for(lambda: deployment(kube, namespace, "m")["spec"]["replicas"] == 3, 20,  # type: ignore[index]
+             "replicas to follow the spec")
+    obj = wait_ready(kube, namespace, "m", operator=operator)
+    assert obj["status"]["readyReplicas"] == 3 and obj["status"]["observedGeneration"] == 2
+
+    control_plane.kubectl("delete", "mdep", "m", "-n", namespace, "--wait=true", "--timeout=30s")
+    wait_for(lambda: deployment(kube, namespace, "m") is None and kube.get("v1", "Service", namespace, "m") is None,
+             60, "the garbage collector to remove the children")
+    wait_for(lambda: not pods(kube, namespace, "modelpilot.dev/deployment=m"), 60, "the pods to go away")
+
+
+def test_operator_restart_does_not_write_converged_children(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    registry.register(model_name, alias="champion")
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s"))
+    wait_ready(kube, namespace, "m", operator=operator)
+    time.sleep(3)  # let the rollout's last status updates settle
+
+    def versions() -> dict[str, str]:
+        return {kind: kube.get(api, kind, namespace, name)["metadata"]["resourceVersion"]  # type: ignore[index]
+                for api, kind, name in (("apps/v1", "Deployment", "m"), ("v1", "Service", "m"),
+                                        (*MDEP, "m"))}
+
+    before = versions()
+    operator.restart()
+    time.sleep(6)  # the restarted operator has reconciled (on resume) and refreshed at least twice
+    assert versions() == before, "a restart must not write to converged objects"
+    assert "Reconcile of" not in operator.logs(), operator.logs()
+
+
+def test_operator_status_reports_invalid_spec_past_the_schema(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str) -> None:
+    """Specs the schema lets through but that cannot work still get a readable condition."""
+    apply(control_plane, mdep_manifest("m", namespace, "models:/fraud@v2"))  # reserved alias spelling
+    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "Ready").get("reason")
+                   == "InvalidSpec" and o, 30, "an InvalidSpec condition")
+    assert "spec.model.uri" in condition(obj, "Ready")["message"]
+    assert deployment(kube, namespace, "m") is None
