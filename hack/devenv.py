@@ -429,7 +429,7 @@ class MlflowServer:
 
 
 # -- CLI -------------------------------------------------------------------------------------------
-def up(state: Path) -> None:
+def up(state: Path) -> tuple[ControlPlane, MlflowServer]:
     bin_dir = ensure_binaries()
     cp = ControlPlane(state, bin_dir)
     cp.start()
@@ -444,6 +444,7 @@ def up(state: Path) -> None:
         f"export MODELPILOT_DEFAULT_TRACKING_URI={mlflow.url}\n"
         f"export PATH={bin_dir}:$PATH\n")
     log(f"ready: source {state / 'env'}")
+    return cp, mlflow
 
 
 def down(state: Path) -> None:

@@ -77,6 +77,16 @@ class Operator:
     def logs(self, lines: int = 60) -> str:
         return self.procs.log_tail("operator", lines)
 
+    def log_size(self) -> int:
+        path = self.procs.state / "logs" / "operator.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def logs_since(self, offset: int) -> str:
+        path = self.procs.state / "logs" / "operator.log"
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
 
 def mdep_manifest(name: str, namespace: str, uri: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
@@ -100,10 +110,14 @@ def events_for(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     return list((body or {}).get("items", []))
 
 
-def wait_ready(kube: Kube, namespace: str, name: str, timeout: float = 90, operator: Operator | None = None
-               ) -> dict[str, Any]:
+def wait_ready(kube: Kube, namespace: str, name: str, timeout: float = 90, operator: Operator | None = None,
+               version: str | None = None) -> dict[str, Any]:
+    """Wait for Ready=True (serving `version`, when given) and return the object."""
+
     def ready() -> dict[str, Any] | None:
         obj = kube.get("modelpilot.dev/v1alpha1", "ModelDeployment", namespace, name)
+        if version is not None and ((obj or {}).get("status", {}).get("model") or {}).get("version") != version:
+            return None
         return obj if condition(obj, "Ready").get("status") == "True" else None
 
     try:

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         namespaces = [n.strip() for n in os.environ["MODELPILOT_NAMESPACES"].split(",") if n.strip()]
     kopf.configure(verbose=args.verbose >= 1, debug=args.verbose >= 2, quiet=args.quiet)
     logging.getLogger("modelpilot").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if not args.verbose:
+        # kopf logs every handler call at INFO; ours only enqueue, so that is noise, not news
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None

@@ -15,7 +15,7 @@ import kopf
 
 from . import metrics, render
 from .config import Settings
-from .kube import Kube
+from .kube import Kube, KubeError
 from .reconciler import Key, Reconciler
 from .workqueue import WorkQueue
 
@@ -36,7 +36,12 @@ def _reconcile(key: Key) -> float | None:
     with metrics.RECONCILE_SECONDS.time():
         try:
             result = state.reconciler.reconcile(*key)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, KubeError) and (exc.status == 404 or "being terminated" in exc.message):
+                # the namespace is going away with everything in it: nothing left to converge
+                log.info("Skipping %s/%s: %s", *key, exc.message)
+                metrics.RECONCILES.labels(result="skipped").inc()
+                return None
             metrics.RECONCILES.labels(result="error").inc()
             raise
     metrics.RECONCILES.labels(result="ok").inc()
@@ -72,14 +77,15 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(render.GROUP, render.VERSION, render.PLURAL)
-async def modeldeployment_event(name: str, namespace: str, **_: Any) -> None:
-    _enqueue((namespace, name))
+async def modeldeployment_event(name: str, namespace: str | None, **_: Any) -> None:
+    if namespace:
+        _enqueue((namespace, name))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": render.MANAGED_BY})
-async def child_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+async def child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
     owner = labels.get(render.LABEL_DEPLOYMENT)
-    if owner:
+    if owner and namespace:
         _enqueue((namespace, owner))
 
 

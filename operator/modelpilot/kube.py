@@ -60,9 +60,9 @@ class Kube:
         """In-cluster credentials when running in a pod, else the current kubeconfig context."""
         cfg = Configuration()
         try:
-            kube_config.load_incluster_config(client_configuration=cfg)
+            kube_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         except kube_config.ConfigException:
-            kube_config.load_kube_config(client_configuration=cfg)
+            kube_config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         return cls(cfg)
 
     def _session(self) -> requests.Session:
@@ -70,7 +70,8 @@ class Kube:
         if session is None:
             session = requests.Session()
             if self.cfg.cert_file:
-                session.cert = (self.cfg.cert_file, self.cfg.key_file)
+                key = self.cfg.key_file
+                session.cert = (self.cfg.cert_file, key) if key else self.cfg.cert_file
             self._local.session = session
         return session
 

@@ -1,0 +1,346 @@
+"""The HTTP layer: a bare ASGI app (routes → data plane → model), run by uvicorn.
+
+Why no web framework: at thousands of requests per second on two cores, a framework's routing,
+request objects and middleware cost more than the model's share of a batched predict call. Routes
+are a handful of exact paths; every error is a `ServingError` turned into JSON in one place
+(`_send_error`); nothing here can leak a traceback to a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import metrics, protocol, v2
+from .batcher import Batcher, Result, Runner
+from .errors import MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, ServingError, Timeout
+from .loader import LoadedModel, load
+from .settings import ServeSettings
+
+log = logging.getLogger("modelpilot_serve")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+
+
+class ClientGone(Exception):
+    pass
+
+
+def encode_mlflow(result: Result) -> bytes:
+    """Exactly the bytes `mlflow models serve` writes for these predictions."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json, unwrapped_predictions_to_json
+
+    buf = io.StringIO()
+    if result.unwrapped:
+        unwrapped_predictions_to_json(result.predictions, buf)
+    else:
+        predictions_to_json(result.predictions, buf)
+    return buf.getvalue().encode()
+
+
+class ScoringApp:
+    def __init__(self, settings: ServeSettings, model: LoadedModel | None = None) -> None:
+        self.settings = settings
+        self.model: LoadedModel | None = None
+        self.load_error: str | None = None
+        self.batcher: Batcher | None = None
+        self.shutting_down = False
+        self._preloaded = model
+        self.name = settings.model_name or _default_name(settings.model_uri)
+        self.version = settings.model_version or _default_version(settings.model_uri)
+        labels = (self.name, self.version)
+        self._latency = {ep: metrics.LATENCY.labels(*labels, ep) for ep in ("invocations", "v2_infer")}
+        self._in_flight = metrics.IN_FLIGHT.labels(*labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(*labels)
+        self._codes: dict[tuple[str, int], Any] = {}
+        metrics.READY.labels(*labels).set(0)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and self.batcher is not None and not self.shutting_down
+
+    def _load(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            model = self._preloaded or load(self.settings.model_uri, Path(self.settings.cache_dir),
+                                            self.name, self.version)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("Could not load %s: %s", self.settings.model_uri, self.load_error)
+            return
+        loop.call_soon_threadsafe(self._loaded, model)
+
+    def _loaded(self, model: LoadedModel) -> None:
+        runner = Runner(model)
+        self.batcher = Batcher(runner.run_batch, self.settings.max_batch_size,
+                               self.settings.max_batch_delay_ms / 1000.0, on_batch=self._batch_size.observe)
+        self.batcher.start()
+        self.model = model
+        metrics.LOAD_SECONDS.labels(self.name, self.version).set(model.load_seconds)
+        metrics.READY.labels(self.name, self.version).set(1)
+        log.info("Ready: serving %s version %s", self.name, self.version or "(local)")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                loop = asyncio.get_running_loop()
+                threading.Thread(target=self._load, args=(loop,), name="model-loader", daemon=True).start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.shutting_down = True
+                metrics.READY.labels(self.name, self.version).set(0)
+                if self.batcher is not None:
+                    await self.batcher.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- ASGI entry point ------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if path == "/invocations":
+                _allow(method, "POST")
+                await self._invocations(scope, receive, send)
+            elif path in ("/ping", "/health"):
+                _allow(method, "GET", "HEAD")
+                await self._ping(send)
+            elif path.startswith("/v2"):
+                await self._v2(scope, receive, send, path.rstrip("/"), method)
+            elif path == "/metrics":
+                _allow(method, "GET")
+                body, ctype = metrics.render()
+                await _send(send, 200, body, ctype.encode())
+            elif path == "/version":
+                _allow(method, "GET")
+                from mlflow.version import VERSION
+
+                await _send(send, 200, VERSION.encode(), JSON)
+            else:
+                raise NotFound(f"no route for {path}; try POST /invocations or /v2/models/{self.name}/infer")
+        except ServingError as exc:
+            await _send(send, exc.status, exc.body(), JSON)
+        except ClientGone:
+            return
+
+    # -- MLflow scoring protocol -------------------------------------------------------------------
+    async def _ping(self, send: Send) -> None:
+        if self.ready:
+            await _send(send, 200, b"\n", JSON)
+        else:
+            raise self._not_ready()
+
+    def _not_ready(self) -> NotReady:
+        if self.shutting_down:
+            return NotReady("shutting down")
+        if self.load_error:
+            return NotReady(f"the model failed to load: {self.load_error}")
+        return NotReady("the model is still loading")
+
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self._in_flight.inc()
+        status = 500
+        try:
+            if not self.ready:
+                raise self._not_ready()
+            request = await self._decode(scope, receive, protocol.decode)
+            result = await self._predict(request)
+            body = encode_mlflow(result)
+            status = 200
+            await _send(send, 200, body, JSON)
+        except ServingError as exc:
+            status = exc.status
+            await _send(send, status, exc.body(), JSON)
+        finally:
+            self._in_flight.dec()
+            self._observe("invocations", status, started)
+
+    async def _decode(self, scope: Scope, receive: Receive,
+                      decoder: Callable[[bytes, str | None], protocol.Request]) -> protocol.Request:
+        assert self.batcher is not None
+        self.batcher.arriving += 1
+        try:
+            body = await _read_body(scope, receive, self.settings.max_body_bytes)
+            return decoder(body, _header(scope, b"content-type"))
+        finally:
+            self.batcher.arriving -= 1
+
+    async def _predict(self, request: protocol.Request) -> Result:
+        assert self.batcher is not None
+        try:
+            async with asyncio.timeout(self.settings.request_timeout):
+                result = await self.batcher.submit(request)
+        except TimeoutError:
+            raise Timeout(f"the prediction took longer than {self.settings.request_timeout:g}s") from None
+        if result.error is not None:
+            if result.error.status >= 500:
+                log.warning("Prediction failed: %s", result.error.message)
+            raise result.error
+        return result
+
+    def _observe(self, endpoint: str, status: int, started: float) -> None:
+        self._latency[endpoint].observe(time.perf_counter() - started)
+        key = (endpoint, status)
+        counter = self._codes.get(key)
+        if counter is None:
+            counter = self._codes[key] = metrics.REQUESTS.labels(self.name, self.version, endpoint, str(status))
+        counter.inc()
+
+    # -- Open Inference Protocol v2 ----------------------------------------------------------------
+    async def _v2(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
+        if path == "/v2":
+            _allow(method, "GET")
+            await _send(send, 200, orjson.dumps({"name": "modelpilot", "version": _version(),
+                                                 "extensions": []}), JSON)
+            return
+        if path == "/v2/health/live":
+            _allow(method, "GET", "HEAD")
+            await _send(send, 200, b'{"live":true}', JSON)
+            return
+        if path == "/v2/health/ready":
+            _allow(method, "GET", "HEAD")
+            if not self.ready:
+                raise self._not_ready()
+            await _send(send, 200, b'{"ready":true}', JSON)
+            return
+        parts = path.split("/")  # ['', 'v2', 'models', name, ('versions', v)?, action?]
+        if len(parts) < 4 or parts[2] != "models":
+            raise NotFound(f"no route for {path}")
+        name, rest = parts[3], parts[4:]
+        if len(rest) >= 2 and rest[0] == "versions":
+            if self.version and rest[1] != self.version:
+                raise NotFound(f"model {name!r} version {rest[1]!r} is not served here (serving {self.version})")
+            rest = rest[2:]
+        if name != self.name:
+            raise NotFound(f"model {name!r} is not served here; this server serves {self.name!r}")
+        action = rest[0] if rest else ""
+        if action == "" and not rest:
+            _allow(method, "GET")
+            if not self.ready or self.model is None:
+                raise self._not_ready()
+            await _send(send, 200, orjson.dumps(v2.metadata(self.model, self.name, self.version)), JSON)
+        elif action == "ready" and len(rest) == 1:
+            _allow(method, "GET", "HEAD")
+            if not self.ready:
+                raise self._not_ready()
+            await _send(send, 200, orjson.dumps({"name": self.name, "ready": True}), JSON)
+        elif action == "infer" and len(rest) == 1:
+            _allow(method, "POST")
+            await self._v2_infer(scope, receive, send)
+        else:
+            raise NotFound(f"no route for {path}")
+
+    async def _v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self._in_flight.inc()
+        status = 500
+        try:
+            if not self.ready or self.model is None:
+                raise self._not_ready()
+            model = self.model
+            request_id: list[str] = []
+
+            def decoder(body: bytes, content_type: str | None) -> protocol.Request:
+                doc, rid = v2.to_mlflow(body, model.input_schema)
+                request_id.append(rid or str(uuid.uuid4()))
+                return protocol.decode(orjson.dumps(doc), "application/json")
+
+            request = await self._decode(scope, receive, decoder)
+            result = await self._predict(request)
+            body = orjson.dumps({"model_name": self.name, "model_version": self.version, "id": request_id[0],
+                                 "outputs": v2.outputs(result.predictions)})
+            status = 200
+            await _send(send, 200, body, JSON)
+        except ServingError as exc:
+            status = exc.status
+            await _send(send, status, exc.body(), JSON)
+        finally:
+            self._in_flight.dec()
+            self._observe("v2_infer", status, started)
+
+
+# -- small helpers ------------------------------------------------------------------------------------
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise MethodNotAllowed(f"{method} is not allowed here; use {' or '.join(allowed)}")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body has {int(declared)} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _default_name(uri: str) -> str:
+    from .loader import _name_from_uri
+
+    return _name_from_uri(uri)
+
+
+def _default_version(uri: str) -> str:
+    from .loader import _version_from_uri
+
+    return _version_from_uri(uri)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def create_app() -> ScoringApp:
+    """uvicorn factory: settings come from MODELPILOT_* variables (set by the CLI for its workers)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return ScoringApp(ServeSettings.from_env())
+
+
+__all__ = ["ScoringApp", "create_app"]

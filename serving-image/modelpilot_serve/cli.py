@@ -1,0 +1,43 @@
+"""`modelpilot-serve`: start the scoring server with uvicorn (uvloop + httptools where installed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+
+from .settings import ServeSettings, parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.model_uri:
+        parser().error("--model-uri (or MODELPILOT_MODEL_URI) is required")
+    settings = ServeSettings(
+        model_uri=args.model_uri, host=args.host, port=args.port, workers=max(1, args.workers),
+        max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+        max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
+        model_name=args.model_name, model_version=args.model_version, cache_dir=args.cache_dir,
+        log_level=args.log_level,
+    )
+    # Workers are separate processes built by the uvicorn factory: they read the same settings back
+    # from the environment.
+    os.environ.update(settings.to_env())
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelpilot-metrics-")
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    uvicorn.run(
+        "modelpilot_serve.app:create_app", factory=True, host=settings.host, port=settings.port,
+        workers=settings.workers, log_level=settings.log_level, access_log=False,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds), lifespan="on",
+        server_header=False, date_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Prometheus metrics of the scoring server, labelled with the model name and version.
+
+With several workers, PROMETHEUS_MULTIPROC_DIR (set by the CLI) makes /metrics add up all processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LABELS = ("model", "version")
+
+REQUESTS = Counter("modelpilot_requests_total", "Requests served, by endpoint and HTTP status",
+                   [*LABELS, "endpoint", "code"])
+LATENCY = Histogram("modelpilot_request_duration_seconds", "Request latency, receipt to response",
+                    [*LABELS, "endpoint"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+BATCH_SIZE = Histogram("modelpilot_batch_size_rows", "Rows per predict call", LABELS,
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+IN_FLIGHT = Gauge("modelpilot_requests_in_flight", "Requests being processed", LABELS,
+                  multiprocess_mode="livesum")
+LOAD_SECONDS = Gauge("modelpilot_model_load_seconds", "Time to fetch, load and warm the model", LABELS,
+                     multiprocess_mode="max")
+READY = Gauge("modelpilot_model_ready", "1 when the model is loaded and warm", LABELS, multiprocess_mode="min")
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,74 @@
+"""Server settings: command-line flags, each with a matching MODELPILOT_* environment variable.
+
+The operator sets the environment variables on the pod; people use the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model_uri: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    max_batch_size: int = 32
+    max_batch_delay_ms: float = 5.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    request_timeout: float = 60.0
+    model_name: str = ""
+    model_version: str = ""
+    cache_dir: str = "/tmp/modelpilot-models"
+    graceful_shutdown_seconds: float = 25.0
+    log_level: str = "info"
+
+    def to_env(self) -> dict[str, str]:
+        return {f"MODELPILOT_{k.upper()}": str(v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_env(cls) -> ServeSettings:
+        values: dict[str, object] = {}
+        for name, f in cls.__dataclass_fields__.items():
+            raw = os.environ.get(f"MODELPILOT_{name.upper()}")
+            if raw is None:
+                continue
+            kind = type(f.default) if name != "model_uri" else str
+            values[name] = kind(raw) if kind is not str else raw
+        if "model_uri" not in values:
+            raise SystemExit("modelpilot-serve: set --model-uri or MODELPILOT_MODEL_URI")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="modelpilot-serve",
+        description="Serve an MLflow model over the MLflow scoring protocol and the Open Inference Protocol v2.")
+    p.add_argument("--model-uri", default=env("MODELPILOT_MODEL_URI"),
+                   help="models:/NAME/VERSION (downloaded through MLFLOW_TRACKING_URI) or a local model "
+                        "directory [MODELPILOT_MODEL_URI]")
+    p.add_argument("--host", default=env("MODELPILOT_HOST", "0.0.0.0"), help="[MODELPILOT_HOST]")
+    p.add_argument("--port", type=int, default=int(env("MODELPILOT_PORT", "8080")), help="[MODELPILOT_PORT]")
+    p.add_argument("--workers", type=int, default=int(env("MODELPILOT_WORKERS", "1")),
+                   help="server processes, each with its own copy of the model [MODELPILOT_WORKERS]")
+    p.add_argument("--max-batch-size", type=int, default=int(env("MODELPILOT_MAX_BATCH_SIZE", "32")),
+                   help="most rows merged into one predict call; 1 disables batching [MODELPILOT_MAX_BATCH_SIZE]")
+    p.add_argument("--max-batch-delay-ms", type=float, default=float(env("MODELPILOT_MAX_BATCH_DELAY_MS", "5")),
+                   help="longest wait for batch-mates already being received [MODELPILOT_MAX_BATCH_DELAY_MS]")
+    p.add_argument("--max-body-bytes", type=int, default=int(env("MODELPILOT_MAX_BODY_BYTES", str(10 * 1024 * 1024))),
+                   help="larger request bodies get 413 [MODELPILOT_MAX_BODY_BYTES]")
+    p.add_argument("--request-timeout", type=float, default=float(env("MODELPILOT_REQUEST_TIMEOUT", "60")),
+                   help="seconds before a request gets 504 [MODELPILOT_REQUEST_TIMEOUT]")
+    p.add_argument("--model-name", default=env("MODELPILOT_MODEL_NAME", ""),
+                   help="name in metrics and the v2 API (default: from the URI) [MODELPILOT_MODEL_NAME]")
+    p.add_argument("--model-version", default=env("MODELPILOT_MODEL_VERSION", ""),
+                   help="version in metrics and the v2 API (default: from the URI) [MODELPILOT_MODEL_VERSION]")
+    p.add_argument("--cache-dir", default=env("MODELPILOT_CACHE_DIR", "/tmp/modelpilot-models"),
+                   help="where downloaded models are kept [MODELPILOT_CACHE_DIR]")
+    p.add_argument("--log-level", default=env("MODELPILOT_LOG_LEVEL", "info"),
+                   choices=["critical", "error", "warning", "info", "debug"])
+    return p
