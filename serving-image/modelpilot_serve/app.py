@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -86,7 +87,7 @@ class ScoringApp:
 
     def _loaded(self, model: LoadedModel) -> None:
         runner = Runner(model)
-        self.batcher = Batcher(runner.run_batch, self.settings.max_batch_size,
+        self.batcher = Batcher(runner.run_batch, self.settings.max_batch_size if runner.can_merge else 1,
                                self.settings.max_batch_delay_ms / 1000.0, on_batch=self._batch_size.observe)
         self.batcher.start()
         self.model = model
@@ -95,6 +96,9 @@ class ScoringApp:
         log.info("Ready: serving %s version %s", self.name, self.version or "(local)")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        # The predict thread holds the GIL in pandas/sklearn code; a shorter switch interval lets the
+        # event loop accept and answer requests in between instead of stalling up to 5 ms each time.
+        sys.setswitchinterval(0.001)
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":

@@ -109,7 +109,8 @@ def metadata(model: LoadedModel, name: str, version: str) -> dict[str, Any]:
                             "shape": list(item.shape)})
             else:
                 out.append({"name": item.name or f"column-{i}",
-                            "datatype": _MLFLOW_TO_V2.get(str(item.type), "BYTES"), "shape": [-1]})
+                            "datatype": _MLFLOW_TO_V2.get(getattr(item.type, "name", str(item.type)), "BYTES"),
+                            "shape": [-1]})
     return {
         "name": name,
         "versions": [version] if version else [],
