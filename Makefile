@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries dev-up dev-down dev-status install run demo test lint unit bench clean
+.PHONY: help venv binaries dev-up dev-down dev-status install run demo test lint unit bench image image-gpu clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,22 @@ unit: venv ## fast tests only (no cluster, no registry)
 
 test: venv binaries lint ## the whole test suite, against a real control plane and a real MLflow
 	$(VENV)/bin/pytest -v --durations=15 $(PYTEST_ARGS)
+
+MLSERVER_VENV := .bench/mlserver-venv
+bench: venv ## modelpilot-serve vs `mlflow models serve` vs MLServer, side by side (prints one table)
+	@command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	@test -x $(MLSERVER_VENV)/bin/mlserver || (python3 -m venv $(MLSERVER_VENV) && \
+	  $(MLSERVER_VENV)/bin/pip install -q "mlserver==1.7.1" "mlserver-mlflow==1.7.1" \
+	  "scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')" \
+	  "skops==$$($(PY) -c 'import skops; print(skops.__version__)')")
+	$(PY) bench/bench.py
+
+image: ## build the CPU scoring-server image with docker (where Docker exists)
+	docker build -f serving-image/Dockerfile -t modelpilot/scoring-server:0.1.0 .
+
+image-gpu: ## build the GPU scoring-server image with docker
+	docker build -f serving-image/Dockerfile --build-arg VARIANT=gpu \
+	  --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 -t modelpilot/scoring-server:0.1.0-gpu .
 
 clean: dev-down ## remove local state (keeps the binary cache in ~/.cache/modelpilot)
 	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache

@@ -108,6 +108,9 @@ def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> l
         {"name": "MODELPILOT_MAX_BATCH_DELAY_MS", "value": f"{spec.runtime.batching.max_delay_ms:g}"},
         {"name": "MODELPILOT_MODEL_NAME", "value": resolved.name},
         {"name": "MODELPILOT_MODEL_VERSION", "value": resolved.version},
+        # The root filesystem is read-only: downloads, caches and MLflow's home go to the /tmp emptyDir.
+        {"name": "MODELPILOT_CACHE_DIR", "value": "/tmp/modelpilot-models"},
+        {"name": "HOME", "value": "/tmp"},
     ]
     if spec.credentials_secret:
         # The pod downloads the model through the registry with the same credentials the operator used.
@@ -178,6 +181,8 @@ def render_deployment(
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [{"name": "model-cache", "mountPath": "/tmp"}],
+        # Give Services time to drop the pod before SIGTERM; the server then drains in-flight requests.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
     }
     if settings.server_image_pull_policy:
         container["imagePullPolicy"] = settings.server_image_pull_policy

@@ -36,8 +36,11 @@ class ServeSettings:
             raw = os.environ.get(f"MODELPILOT_{name.upper()}")
             if raw is None:
                 continue
-            kind = type(f.default) if name != "model_uri" else str
-            values[name] = kind(raw) if kind is not str else raw
+            default: object = f.default
+            if isinstance(default, bool | int | float) and not isinstance(default, str):
+                values[name] = type(default)(raw)
+            else:
+                values[name] = raw
         if "model_uri" not in values:
             raise SystemExit("modelpilot-serve: set --model-uri or MODELPILOT_MODEL_URI")
         return cls(**values)  # type: ignore[arg-type]

@@ -98,7 +98,8 @@ def outputs(predictions: Any) -> list[dict[str, Any]]:
 
 
 def metadata(model: LoadedModel, name: str, version: str) -> dict[str, Any]:
-    inputs, outputs_ = [], []
+    inputs: list[dict[str, Any]] = []
+    outputs_: list[dict[str, Any]] = []
     sig = model.pyfunc.metadata.signature
     for spec, out in ((getattr(sig, "inputs", None), inputs), (getattr(sig, "outputs", None), outputs_)):
         if spec is None:

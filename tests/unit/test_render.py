@@ -80,6 +80,7 @@ def test_probes_and_security_defaults() -> None:
     c = container(build(BASE))
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     pod = build(BASE)["spec"]["template"]["spec"]
@@ -103,6 +104,16 @@ def test_variants(runtime: dict[str, Any], resources: dict[str, Any], image: str
     assert c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") == gpus
     tolerations = dep["spec"]["template"]["spec"].get("tolerations", [])
     assert any(t["key"] == "nvidia.com/gpu" for t in tolerations) == (gpus is not None)
+
+
+def test_env_names_are_the_ones_modelpilot_serve_reads() -> None:
+    """The operator and the scoring server agree on every MODELPILOT_* variable."""
+    from modelpilot_serve.settings import parser
+
+    helps = " ".join(a.help or "" for a in parser()._actions)
+    for name in env(build(BASE)):
+        if name.startswith("MODELPILOT_"):
+            assert f"[{name}]" in helps, f"modelpilot-serve does not read {name}"
 
 
 def test_runtime_settings_reach_the_server() -> None:

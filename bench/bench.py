@@ -1,0 +1,239 @@
+"""`make bench`: modelpilot-serve against `mlflow models serve` and MLServer, side by side, one table.
+
+One model registered in a real MLflow server (RandomForest, 50 trees x 20 features), served by:
+  - `mlflow models serve` (1 worker),
+  - MLServer 1.7 + mlserver-mlflow with adaptive batching (max_batch_size 32, max_batch_time 5 ms,
+    inference in the server process), in its own virtualenv (.bench/mlserver-venv),
+  - `modelpilot-serve` (1 worker).
+Each is driven by the same load generator (wrk, from Debian) with the same MLflow-protocol body on
+POST /invocations: 1-row requests at concurrency 1, 8 and 32, and 100-row requests at concurrency 8.
+The load generator runs on the same 2-core machine, as in the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hack.devenv import MlflowServer, free_port, wait_for  # noqa: E402
+from hack.sample_model import register  # noqa: E402
+
+MODEL = "bench-forest"
+FEATURES = 20
+SCENARIOS = [("1 row", 1, 1), ("1 row", 8, 1), ("1 row", 32, 1), ("100 rows", 8, 100)]
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def wrk_script(path: Path, rows: int) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(42)
+    data = np.round(rng.normal(size=(rows, FEATURES)), 4).tolist()
+    body = json.dumps({"dataframe_split": {"columns": [f"f{i}" for i in range(FEATURES)], "data": data}})
+    path.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                    f"wrk.body = [==[{body}]==]\n")
+    return path
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def drive(url: str, script: Path, connections: int, seconds: int) -> Run:
+    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), url], capture_output=True)
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockerr = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    n = int(errors.group(1)) if errors else 0
+    n += sum(int(x) for x in sockerr.groups()) if sockerr else 0
+    return Run(rps, p50, p99, n)
+
+
+def own_predict_ms(model_dir: Path) -> tuple[float, float]:
+    """Median time of the model's own pyfunc.predict (MLflow schema enforcement included)."""
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    rng = np.random.default_rng(0)
+    cols = [f"f{i}" for i in range(FEATURES)]
+    out = []
+    for rows in (1, 100):
+        df = pd.DataFrame(rng.normal(size=(rows, FEATURES)), columns=cols)
+        model.predict(df)
+        times = []
+        for _ in range(100):
+            t = time.perf_counter()
+            model.predict(df)
+            times.append((time.perf_counter() - t) * 1000)
+        out.append(statistics.median(times))
+    return out[0], out[1]
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                     env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+        self.log = log
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+
+
+def ready(url: str, proc: Proc) -> bool:
+    import requests
+
+    if proc.proc.poll() is not None:
+        raise RuntimeError(f"{proc.name} exited:\n{proc.log.read_text()[-3000:]}")
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=int, default=10, help="measured seconds per scenario")
+    p.add_argument("--work", type=Path, default=REPO / ".bench")
+    args = p.parse_args(argv)
+    work = args.work.resolve()
+    work.mkdir(exist_ok=True)
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk (make bench installs it)")
+    mlserver_bin = work / "mlserver-venv" / "bin" / "mlserver"
+    if not mlserver_bin.exists():
+        raise SystemExit(f"MLServer is needed in {mlserver_bin.parent.parent} (make bench installs it)")
+
+    registry = MlflowServer(work / "state")
+    registry.start()
+    env = {"MLFLOW_TRACKING_URI": registry.url}
+    os.environ.update(env)
+    version = register(registry.url, MODEL, "champion", trees=50, seed=0, features=FEATURES)
+    uri = f"models:/{MODEL}/{version}"
+    import mlflow
+
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(work / f"model-{version}")))
+    own1, own100 = own_predict_ms(model_dir)
+
+    procs: list[Proc] = []
+    servers: dict[str, str] = {}
+    try:
+        port = free_port()
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        procs.append(Proc("mlflow models serve", [str(mlflow_bin), "models", "serve", "-m", uri, "-p", str(port),
+                                                  "-h", "127.0.0.1", "-w", "1", "--env-manager", "local"],
+                          work / "mlflow-serve.log",
+                          env={**env, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"}))
+        servers["mlflow models serve"] = f"http://127.0.0.1:{port}"
+
+        ms_dir = work / "mlserver"
+        ms_dir.mkdir(exist_ok=True)
+        port = free_port()
+        (ms_dir / "settings.json").write_text(json.dumps({
+            "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0,
+            "debug": False, "host": "127.0.0.1"}))
+        (ms_dir / "model-settings.json").write_text(json.dumps({
+            "name": "forest", "implementation": "mlserver_mlflow.MLflowRuntime",
+            "parameters": {"uri": str(model_dir)}, "max_batch_size": 32, "max_batch_time": 0.005}))
+        procs.append(Proc("MLServer (adaptive batching)", [str(mlserver_bin), "start", str(ms_dir)],
+                          work / "mlserver.log", env=env))
+        servers["MLServer (adaptive batching)"] = f"http://127.0.0.1:{port}"
+
+        port = free_port()
+        serve_bin = Path(sys.executable).parent / "modelpilot-serve"
+        procs.append(Proc("modelpilot-serve", [str(serve_bin), "--model-uri", uri, "--port", str(port), "--host",
+                                               "127.0.0.1", "--workers", "1", "--log-level", "warning",
+                                               "--cache-dir", str(work / "cache")],
+                          work / "modelpilot-serve.log", env=env))
+        servers["modelpilot-serve"] = f"http://127.0.0.1:{port}"
+
+        health = {"mlflow models serve": "/ping", "MLServer (adaptive batching)": "/v2/health/ready",
+                  "modelpilot-serve": "/ping"}
+        for proc in procs:
+            wait_for(lambda proc=proc: ready(servers[proc.name] + health[proc.name], proc), 240,
+                     f"{proc.name} to be ready")
+
+        scripts = {rows: wrk_script(work / f"body-{rows}.lua", rows) for rows in (1, 100)}
+        results: dict[tuple[str, int, int], Run] = {}
+        for name, url in servers.items():
+            for _label, conc, rows in SCENARIOS:
+                run = drive(url + "/invocations", scripts[rows], conc, args.seconds)
+                results[(name, conc, rows)] = run
+                print(f"  {name:30s} {rows:3d} row(s) c={conc:<3d} {run.rps:8.1f} req/s  p50 {run.p50_ms:7.2f} ms"
+                      f"  p99 {run.p99_ms:7.2f} ms  errors {run.errors}", flush=True)
+    finally:
+        for proc in procs:
+            proc.stop()
+        registry.stop()
+
+    print(f"\nModel: RandomForest, 50 trees x {FEATURES} features; its own pyfunc.predict takes "
+          f"{own1:.2f} ms for 1 row and {own100:.2f} ms for 100 rows (median, in-process).")
+    print(f"Machine: {os.cpu_count()} cores; load generator wrk on the same machine; {args.seconds}s per cell.\n")
+    print("| requests | conc. | server | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for label, conc, rows in SCENARIOS:
+        for name in servers:
+            r = results[(name, conc, rows)]
+            print(f"| {label} | {conc} | {name} | {r.rps:.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |")
+    print("\n| requests | conc. | modelpilot / mlflow serve | modelpilot / MLServer |")
+    print("|---|---|---:|---:|")
+    ours = "modelpilot-serve"
+    for label, conc, rows in SCENARIOS:
+        o = results[(ours, conc, rows)].rps
+        a = results[("mlflow models serve", conc, rows)].rps
+        b = results[("MLServer (adaptive batching)", conc, rows)].rps
+        print(f"| {label} | {conc} | {o / a:.1f}x | {o / b:.1f}x |")
+
+    o32 = results[(ours, 32, 1)]
+    a32 = results[("mlflow models serve", 32, 1)]
+    b32 = results[("MLServer (adaptive batching)", 32, 1)]
+    o1 = results[(ours, 1, 1)]
+    checks = [
+        (f">= 20x mlflow serve req/s at c=32: {o32.rps / a32.rps:.1f}x", o32.rps >= 20 * a32.rps),
+        (f">= 4x MLServer req/s at c=32: {o32.rps / b32.rps:.1f}x", o32.rps >= 4 * b32.rps),
+        (f"lower p99 than both at c=32: {o32.p99_ms:.1f} vs {a32.p99_ms:.1f} / {b32.p99_ms:.1f} ms",
+         o32.p99_ms < min(a32.p99_ms, b32.p99_ms)),
+        (f"p50 at c=1 <= own predict + 1.5 ms: {o1.p50_ms:.2f} <= {own1 + 1.5:.2f} ms", o1.p50_ms <= own1 + 1.5),
+        (f"no failed requests for modelpilot-serve: {sum(r.errors for k, r in results.items() if k[0] == ours)}",
+         all(r.errors == 0 for k, r in results.items() if k[0] == ours)),
+    ]
+    print("\nTargets:")
+    for text, ok in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
