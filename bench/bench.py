@@ -5,8 +5,10 @@ One model registered in a real MLflow server (RandomForest, 50 trees x 20 featur
   - MLServer 1.7 + mlserver-mlflow with adaptive batching (max_batch_size 32, max_batch_time 5 ms,
     inference in the server process), in its own virtualenv (.bench/mlserver-venv),
   - `modelpilot-serve` (1 worker).
-Each is driven by the same load generator (wrk, from Debian) with the same MLflow-protocol body on
-POST /invocations: 1-row requests at concurrency 1, 8 and 32, and 100-row requests at concurrency 8.
+Each is driven by the same load generator (wrk, from Debian) with the same rows: MLflow-protocol
+`dataframe_split` on POST /invocations, except MLServer, whose adaptive batching only applies to its
+v2 endpoint, which gets the rows as v2 tensors. 1-row requests at concurrency 1, 8 and 32, and
+100-row requests at concurrency 8.
 The load generator runs on the same 2-core machine, as in the targets.
 """
 
@@ -43,12 +45,19 @@ class Run:
     errors: int
 
 
-def wrk_script(path: Path, rows: int) -> Path:
+def wrk_script(path: Path, rows: int, v2: bool = False) -> Path:
+    """The request body: MLflow `dataframe_split`, or (for MLServer) the same rows as v2 tensors."""
     import numpy as np
 
     rng = np.random.default_rng(42)
-    data = np.round(rng.normal(size=(rows, FEATURES)), 4).tolist()
-    body = json.dumps({"dataframe_split": {"columns": [f"f{i}" for i in range(FEATURES)], "data": data}})
+    data = np.round(rng.normal(size=(rows, FEATURES)), 4)
+    columns = [f"f{i}" for i in range(FEATURES)]
+    if v2:
+        body = json.dumps({"parameters": {"content_type": "pd"}, "inputs": [
+            {"name": c, "shape": [rows], "datatype": "FP64", "data": data[:, i].tolist()}
+            for i, c in enumerate(columns)]})
+    else:
+        body = json.dumps({"dataframe_split": {"columns": columns, "data": data.tolist()}})
     path.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                     f"wrk.body = [==[{body}]==]\n")
     return path
@@ -185,21 +194,32 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(lambda proc=proc: ready(servers[proc.name] + health[proc.name], proc), 240,
                      f"{proc.name} to be ready")
 
-        scripts = {rows: wrk_script(work / f"body-{rows}.lua", rows) for rows in (1, 100)}
+        # MLServer's adaptive batching applies to its native v2 endpoint only (its /invocations route
+        # bypasses it), so it is driven there, with the same rows as v2 tensors.
+        paths = {name: "/invocations" for name in servers}
+        paths["MLServer (adaptive batching)"] = "/v2/models/forest/infer"
+        scripts = {(rows, v2): wrk_script(work / f"body-{rows}{'-v2' if v2 else ''}.lua", rows, v2)
+                   for rows in (1, 100) for v2 in (False, True)}
         results: dict[tuple[str, int, int], Run] = {}
+        own_samples = [own1]
         for name, url in servers.items():
             for _label, conc, rows in SCENARIOS:
-                run = drive(url + "/invocations", scripts[rows], conc, args.seconds)
+                script = scripts[(rows, paths[name] != "/invocations")]
+                run = drive(url + paths[name], script, conc, args.seconds)
                 results[(name, conc, rows)] = run
                 print(f"  {name:30s} {rows:3d} row(s) c={conc:<3d} {run.rps:8.1f} req/s  p50 {run.p50_ms:7.2f} ms"
                       f"  p99 {run.p99_ms:7.2f} ms  errors {run.errors}", flush=True)
+            # this VM's speed drifts by a few ms between minutes: re-measure the model's own time
+            own_samples.append(own_predict_ms(model_dir)[0])
     finally:
         for proc in procs:
             proc.stop()
         registry.stop()
 
+    own1 = statistics.median(own_samples)
     print(f"\nModel: RandomForest, 50 trees x {FEATURES} features; its own pyfunc.predict takes "
-          f"{own1:.2f} ms for 1 row and {own100:.2f} ms for 100 rows (median, in-process).")
+          f"{own1:.2f} ms for 1 row (median of {len(own_samples)} in-process measurements between runs: "
+          f"{', '.join(f'{x:.2f}' for x in own_samples)}) and {own100:.2f} ms for 100 rows.")
     print(f"Machine: {os.cpu_count()} cores; load generator wrk on the same machine; {args.seconds}s per cell.\n")
     print("| requests | conc. | server | req/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---:|---:|---:|---:|")

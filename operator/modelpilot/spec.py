@@ -26,7 +26,7 @@ class InvalidSpec(ValueError):
 
 @dataclass(frozen=True)
 class Batching:
-    max_batch_size: int = 32
+    max_batch_size: int = 1024
     max_delay_ms: float = 5.0
 
 

@@ -177,7 +177,9 @@ class Batcher:
                 # a short wait fills the batch: the model's fixed per-call cost is then shared by more
                 # requests. A lone request at low load never gets here.
                 deadline = loop.time() + self.max_delay_s
-                while self._queued_rows() < self.max_batch_size and loop.time() < deadline:
+                expected = max(self._last_batch, 2)  # about as many as last time are on their way
+                while (self._queued_rows() < self.max_batch_size and len(self._queue) < expected
+                       and loop.time() < deadline):
                     await asyncio.sleep(min(0.0005, deadline - loop.time()))
             while self._queue and self._queue[0].future.done():
                 self._queue.popleft()

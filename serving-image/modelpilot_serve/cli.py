@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "modelpilot_serve.app:create_app", factory=True, host=settings.host, port=settings.port,
         workers=settings.workers, log_level=settings.log_level, access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds), lifespan="on",
-        server_header=False, date_header=False,
+        server_header=False, date_header=False, proxy_headers=False,
     )
     return 0
 

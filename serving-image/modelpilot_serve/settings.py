@@ -16,7 +16,7 @@ class ServeSettings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 1
-    max_batch_size: int = 32
+    max_batch_size: int = 1024
     max_batch_delay_ms: float = 5.0
     max_body_bytes: int = 10 * 1024 * 1024
     request_timeout: float = 60.0
@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=int(env("MODELPILOT_PORT", "8080")), help="[MODELPILOT_PORT]")
     p.add_argument("--workers", type=int, default=int(env("MODELPILOT_WORKERS", "1")),
                    help="server processes, each with its own copy of the model [MODELPILOT_WORKERS]")
-    p.add_argument("--max-batch-size", type=int, default=int(env("MODELPILOT_MAX_BATCH_SIZE", "32")),
+    p.add_argument("--max-batch-size", type=int, default=int(env("MODELPILOT_MAX_BATCH_SIZE", "1024")),
                    help="most rows merged into one predict call; 1 disables batching [MODELPILOT_MAX_BATCH_SIZE]")
     p.add_argument("--max-batch-delay-ms", type=float, default=float(env("MODELPILOT_MAX_BATCH_DELAY_MS", "5")),
                    help="longest wait for batch-mates already being received [MODELPILOT_MAX_BATCH_DELAY_MS]")
