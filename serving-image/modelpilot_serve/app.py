@@ -162,16 +162,15 @@ class ScoringApp:
             return NotReady(f"the model failed to load: {self.load_error}")
         return NotReady("the model is still loading")
 
-    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer(self, endpoint: str, send: Send, produce: Callable[[], Awaitable[bytes]]) -> None:
+        """Run one prediction endpoint: readiness, errors → JSON, in-flight gauge, latency, status counts."""
         started = time.perf_counter()
         self._in_flight.inc()
         status = 500
         try:
             if not self.ready:
                 raise self._not_ready()
-            request = await self._decode(scope, receive, protocol.decode)
-            result = await self._predict(request)
-            body = encode_mlflow(result)
+            body = await produce()
             status = 200
             await _send(send, 200, body, JSON)
         except ServingError as exc:
@@ -179,7 +178,14 @@ class ScoringApp:
             await _send(send, status, exc.body(), JSON)
         finally:
             self._in_flight.dec()
-            self._observe("invocations", status, started)
+            self._observe(endpoint, status, started)
+
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def produce() -> bytes:
+            request = await self._decode(scope, receive, protocol.decode)
+            return encode_mlflow(await self._predict(request))
+
+        await self._answer("invocations", send, produce)
 
     async def _decode(self, scope: Scope, receive: Receive,
                       decoder: Callable[[bytes, str | None], protocol.Request]) -> protocol.Request:
@@ -257,32 +263,21 @@ class ScoringApp:
             raise NotFound(f"no route for {path}")
 
     async def _v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        self._in_flight.inc()
-        status = 500
-        try:
-            if not self.ready or self.model is None:
-                raise self._not_ready()
-            model = self.model
+        async def produce() -> bytes:
+            assert self.model is not None
+            schema = self.model.input_schema
             request_id: list[str] = []
 
             def decoder(body: bytes, content_type: str | None) -> protocol.Request:
-                doc, rid = v2.to_mlflow(body, model.input_schema)
+                doc, rid = v2.to_mlflow(body, schema)
                 request_id.append(rid or str(uuid.uuid4()))
                 return protocol.decode(orjson.dumps(doc), "application/json")
 
-            request = await self._decode(scope, receive, decoder)
-            result = await self._predict(request)
-            body = orjson.dumps({"model_name": self.name, "model_version": self.version, "id": request_id[0],
+            result = await self._predict(await self._decode(scope, receive, decoder))
+            return orjson.dumps({"model_name": self.name, "model_version": self.version, "id": request_id[0],
                                  "outputs": v2.outputs(result.predictions)})
-            status = 200
-            await _send(send, 200, body, JSON)
-        except ServingError as exc:
-            status = exc.status
-            await _send(send, status, exc.body(), JSON)
-        finally:
-            self._in_flight.dec()
-            self._observe("v2_infer", status, started)
+
+        await self._answer("v2_infer", send, produce)
 
 
 # -- small helpers ------------------------------------------------------------------------------------
