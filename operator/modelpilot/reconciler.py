@@ -174,9 +174,12 @@ class Reconciler:
 
         rollout = Rollout.from_deployment(deployment)
         previous_version = previous_model.get("version")
+        # What actually serves: the resolution, or (for a new URI that does not resolve) the old version.
+        serving = resolved or (ResolvedModel.from_status(previous_model)
+                               if rollout.exists and previous_version else None)
         conditions = merge_conditions(
             old_status.get("conditions"),
-            compute_conditions(resolved, resolution.problem, rollout, previous_version),
+            compute_conditions(serving, resolution.problem, rollout, previous_version),
             now, generation)
         new_status: dict[str, Any] = {
             "observedGeneration": generation,

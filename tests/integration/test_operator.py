@@ -171,6 +171,20 @@ def test_unresolvable_creates_nothing(
     assert kube.get("v1", "Service", namespace, "m") is None
 
 
+def test_switching_to_an_unknown_alias_keeps_serving_the_old_version(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    registry.register(model_name, alias="champion")
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion"))
+    wait_ready(kube, namespace, "m", operator=operator)
+    rv = deployment(kube, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@typo"))
+    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "ModelResolved").get("reason")
+                   == "ModelNotFound" and o, 30, "a ModelNotFound condition")
+    assert "still serving the last resolved version 1" in condition(obj, "ModelResolved")["message"]
+    assert deployment(kube, namespace, "m")["metadata"]["resourceVersion"] == rv  # type: ignore[index]
+
+
 def test_unknown_model_name(control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str) -> None:
     apply(control_plane, mdep_manifest("m", namespace, "models:/never-registered@champion"))
     obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "ModelResolved").get("reason")
