@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries dev-up dev-down dev-status install run demo test lint unit bench image image-gpu clean
+.PHONY: help venv binaries dev-up dev-down dev-status install run demo test lint unit bench image image-gpu kind-demo clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ image: ## build the CPU scoring-server image with docker (where Docker exists)
 image-gpu: ## build the GPU scoring-server image with docker
 	docker build -f serving-image/Dockerfile --build-arg VARIANT=gpu \
 	  --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 -t modelpilot/scoring-server:0.1.0-gpu .
+
+kind-demo: venv ## with Docker: kind cluster, images, chart, MLflow, a model, a prediction (tests/kind)
+	$(VENV)/bin/pytest tests/kind -v -rs
 
 clean: dev-down ## remove local state (keeps the binary cache in ~/.cache/modelpilot)
 	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache

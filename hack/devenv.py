@@ -235,6 +235,7 @@ class ControlPlane:
         self.pki = self.state / "pki"
         self.kubeconfig_path = self.state / "kubeconfig"
         self.ports_path = self.state / "ports.json"
+        self.audit_log = self.state / "audit.log"
 
     # state shared between commands
     @property
@@ -284,6 +285,12 @@ class ControlPlane:
         self.kubeconfig_path.write_text(json.dumps(kubeconfig(self.server, self.pki)))
         self.kubeconfig_path.chmod(0o600)
         b, p, pki = self.bin, ports, self.pki
+        # Audit what service accounts do (metadata only): the RBAC test compares what the operator's
+        # ServiceAccount really requested with what the chart grants it.
+        audit_policy = self.state / "audit-policy.yaml"
+        audit_policy.write_text(json.dumps({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}]}))
 
         self.procs.start("etcd", [
             str(b / "etcd"), "--name=modelpilot-dev", f"--data-dir={self.state / 'etcd-data'}",
@@ -307,6 +314,8 @@ class ControlPlane:
             "--service-cluster-ip-range=10.96.0.0/16",
             "--authorization-mode=Node,RBAC", "--allow-privileged=true", "--profiling=false",
             "--enable-priority-and-fairness=false", "--event-ttl=2h",
+            f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
         ])
         wait_for(lambda: self.get("/readyz")[0] == 200, 120,
                  f"kube-apiserver /readyz\n{self.procs.log_tail('kube-apiserver')}")

@@ -9,6 +9,7 @@ are a handful of exact paths; every error is a `ServingError` turned into JSON i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import sys
@@ -23,7 +24,7 @@ import orjson
 
 from . import metrics, protocol, v2
 from .batcher import Batcher, Result, Runner
-from .errors import MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, ServingError, Timeout
+from .errors import BadRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, ServingError, Timeout
 from .loader import LoadedModel, load
 from .settings import ServeSettings
 
@@ -147,6 +148,10 @@ class ScoringApp:
             await _send(send, exc.status, exc.body(), JSON)
         except ClientGone:
             return
+        except Exception:
+            log.exception("Unexpected error on %s %s", method, path)
+            with contextlib.suppress(Exception):  # the response may have started already
+                await _send(send, 500, ServingError("internal error; see the server log").body(), JSON)
 
     # -- MLflow scoring protocol -------------------------------------------------------------------
     async def _ping(self, send: Send) -> None:
@@ -193,7 +198,12 @@ class ScoringApp:
         self.batcher.arriving += 1
         try:
             body = await _read_body(scope, receive, self.settings.max_body_bytes)
-            return decoder(body, _header(scope, b"content-type"))
+            try:
+                return decoder(body, _header(scope, b"content-type"))
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise BadRequest(f"could not read the request: {type(exc).__name__}: {exc}") from None
         finally:
             self.batcher.arriving -= 1
 

@@ -53,8 +53,8 @@ def to_mlflow(body: bytes, schema: Any) -> tuple[dict[str, Any], str | None]:
             raise BadRequest(f"inputs[{i}] lacks {', '.join(missing)}")
         name, shape, data = tensor["name"], tensor["shape"], tensor["data"]
         if not isinstance(name, str) or not isinstance(shape, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) or not shape:
-            raise BadRequest(f"inputs[{i}]: name must be a string and shape a non-empty list of sizes")
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape) or not shape:
+            raise BadRequest(f"inputs[{i}]: name must be a string and shape a non-empty list of sizes >= 1")
         flat = _flatten(data)
         if len(flat) != math.prod(shape):
             raise BadRequest(f"inputs[{i}] ({name}): shape {shape} needs {math.prod(shape)} values, "

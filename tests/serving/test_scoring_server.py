@@ -198,6 +198,9 @@ def test_open_inference_protocol_v2(sklearn_server: Server) -> None:
     bad = {"inputs": [{"name": "f0", "shape": [2], "datatype": "FP64", "data": [1.0]}]}
     r = requests.post(base + "/models/rf/infer", json=bad, timeout=10)
     assert r.status_code == 400 and "needs 2 values" in r.json()["message"]
+    empty = {"inputs": [{"name": "f0", "shape": [0, 0], "datatype": "FP64", "data": []}]}  # found by the fuzzer
+    r = requests.post(base + "/models/rf/infer", json=empty, timeout=10)
+    assert r.status_code == 400 and "sizes >= 1" in r.json()["message"]
 
 
 def test_onnx_model_runs_through_onnxruntime(start_server: StartServer, model_dirs: dict[str, Path]) -> None:

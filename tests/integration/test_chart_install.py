@@ -1,0 +1,115 @@
+"""`helm install` into the real control plane, then the operator scenario with the chart's own RBAC.
+
+The operator runs with a token of the chart's ServiceAccount (TokenRequest API), so a permission the
+chart forgot fails the scenario; the API server's audit log then shows every request that
+ServiceAccount made, and the test asserts the chart grants nothing that was never used.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hack.devenv import ControlPlane, MlflowServer
+from modelpilot.kube import Kube
+from tests.chart.test_chart import OPERATOR_NEEDS
+from tests.helpers import REPO, Operator, Registry, apply, events_for, mdep_manifest, wait_for, wait_ready
+
+pytestmark = pytest.mark.cluster
+
+RELEASE = "mp"
+SA = "mp-modelpilot"
+
+
+@pytest.fixture(scope="module")
+def installed(control_plane: ControlPlane, mlflow_server: MlflowServer) -> Iterator[str]:
+    assert control_plane.bin is not None
+    ns = f"modelpilot-{uuid.uuid4().hex[:6]}"
+    helm = [str(control_plane.bin / "helm"), "--kubeconfig", str(control_plane.kubeconfig_path)]
+    out = subprocess.run([*helm, "install", RELEASE, str(REPO / "charts" / "modelpilot"), "--namespace", ns,
+                          "--create-namespace", "--take-ownership", "--wait", "--timeout", "120s",
+                          "--set", f"registry.trackingUri={mlflow_server.url}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Serve a model" in out.stdout, "NOTES.txt tells the user what to do next"
+    yield ns
+    out = subprocess.run([*helm, "uninstall", RELEASE, "--namespace", ns, "--wait"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    # the CRD carries helm.sh/resource-policy: keep, so ModelDeployments survive an uninstall
+    assert control_plane.kubectl("get", "crd", "modeldeployments.modelpilot.dev", check=False).returncode == 0
+
+
+def test_helm_install_creates_the_operator(installed: str, kube: Kube) -> None:
+    dep = kube.get("apps/v1", "Deployment", installed, SA)
+    assert dep is not None and dep["status"].get("readyReplicas") == 1
+    assert kube.get("v1", "Service", installed, f"{SA}-metrics") is not None
+
+
+def _token_kubeconfig(cp: ControlPlane, namespace: str, path: Path) -> Path:
+    token = cp.kubectl("create", "token", SA, "-n", namespace, "--duration", "1h").stdout.strip()
+    admin = json.loads(cp.kubeconfig_path.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+    }))
+    return path
+
+
+def _audited(cp: ControlPlane, user: str) -> dict[tuple[str, str], set[str]]:
+    used: dict[tuple[str, str], set[str]] = {}
+    for line in cp.audit_log.read_text().splitlines():
+        event: dict[str, Any] = json.loads(line)
+        if event.get("user", {}).get("username") != user or "objectRef" not in event:
+            continue
+        ref = event["objectRef"]
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        verbs = used.setdefault((ref.get("apiGroup", ""), resource), set())
+        verbs.add(event["verb"])
+        if event["verb"] == "patch" and event.get("responseStatus", {}).get("code") == 201:
+            verbs.add("create")  # a server-side apply that creates is authorized as create as well
+    return used
+
+
+def test_operator_scenario_with_the_charts_serviceaccount(
+        installed: str, control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry,
+        mlflow_server: MlflowServer, namespace: str, model_name: str, tmp_path: Path) -> None:
+    kubeconfig = _token_kubeconfig(control_plane, installed, tmp_path / "sa-kubeconfig")
+    limited = Operator(tmp_path, kubeconfig, mlflow_server.url)
+    operator.stop()  # one operator at a time: the admin one would mask missing permissions
+    try:
+        limited.start()
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mlflow-auth", "namespace": namespace},
+                  "data": {"token": base64.b64encode(b"not-checked-by-this-registry").decode()}}
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(secret))
+        registry.register(model_name, alias="champion", seed=0)
+        apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s",
+                                           registry={"credentialsSecretRef": {"name": "mlflow-auth"}}))
+        wait_ready(kube, namespace, "m", operator=limited)
+        new = registry.register(model_name, alias="champion", seed=1)
+        wait_ready(kube, namespace, "m", operator=limited, version=new)
+        assert {"Resolved", "VersionChanged"} <= {e["reason"] for e in events_for(kube, namespace, "m")}
+        # an unresolvable URI: the operator only reads the (missing) Deployment and reports
+        apply(control_plane, mdep_manifest("typo", namespace, f"models:/{model_name}@no-such-alias"))
+        wait_for(lambda: any(e["reason"] == "ModelNotFound" for e in events_for(kube, namespace, "typo")), 30,
+                 "a ModelNotFound event")
+        logs = limited.logs(400)
+        assert "403" not in logs and "forbidden" not in logs.lower(), logs
+    finally:
+        limited.stop()
+        operator.start()
+
+    used = _audited(control_plane, f"system:serviceaccount:{installed}:{SA}")
+    granted = OPERATOR_NEEDS
+    for key, verbs in used.items():
+        assert verbs <= granted.get(key, set()), f"used without a grant: {key} {verbs}"
+    unused = {k: v - used.get(k, set()) for k, v in granted.items() if v - used.get(k, set())}
+    assert not unused, f"the chart grants what the operator never used: {unused}"
