@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return obj["status"]["model"]["version"] if conds.get("Ready") == "True" else None
 
     wait_for(ready_version, 120, "the ModelDeployment to become Ready")
-    print(kubectl("get", "mdep,deployment,service,pods", "-l", "app.kubernetes.io/instance=fraud"), end="")
+    print(kubectl("get", "mdep,deployment,service,pods", "-l", "modelpilot.dev/deployment=fraud"), end="")
     print(kubectl("get", "mdep"), end="")
 
     say("Registering a new version and moving 'champion' to it in MLflow")

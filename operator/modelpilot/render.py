@@ -77,9 +77,11 @@ def selector_labels(owner: Owner, track: str = "stable") -> dict[str, str]:
 
 
 def common_labels(owner: Owner) -> dict[str, str]:
+    # No app.kubernetes.io/instance: Argo CD's label-based tracking reads it, and a child carrying it
+    # could be claimed (or pruned) by an Argo CD Application of that name. The instance is
+    # modelpilot.dev/deployment instead; nothing is copied from the parent's labels or annotations.
     return {
         "app.kubernetes.io/name": "modelpilot-scoring-server",
-        "app.kubernetes.io/instance": owner.name,
         "app.kubernetes.io/component": "model-server",
         "app.kubernetes.io/managed-by": MANAGED_BY,
         LABEL_DEPLOYMENT: owner.name,

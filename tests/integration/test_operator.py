@@ -86,6 +86,30 @@ def test_apply_creates_a_pinned_deployment_and_service(
     assert model_name in printed and "Serving" in printed, printed
 
 
+def test_children_carry_nothing_gitops_tracks(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    """Argo CD tracks by app.kubernetes.io/instance or argocd.argoproj.io/* : children must not inherit them."""
+    registry.register(model_name, alias="champion")
+    manifest = mdep_manifest("m", namespace, f"models:/{model_name}@champion")
+    manifest["metadata"]["labels"] = {"app.kubernetes.io/instance": "risk-models", "team": "risk"}
+    manifest["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id": "risk-models:modelpilot.dev/..."}
+    apply(control_plane, manifest)
+    obj = wait_ready(kube, namespace, "m", operator=operator)
+    for api, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
+        child = kube.get(api, kind, namespace, "m")
+        assert child is not None
+        meta = child["metadata"]
+        keys = set(meta.get("labels", {})) | set(meta.get("annotations", {}))
+        if kind == "Deployment":
+            tmpl = child["spec"]["template"]["metadata"]
+            keys |= set(tmpl.get("labels", {})) | set(tmpl.get("annotations", {}))
+        assert "app.kubernetes.io/instance" not in keys and not [k for k in keys if "argoproj" in k], keys
+        assert "team" not in keys
+    # the spec the user (or Argo CD) wrote is exactly what is stored: nothing defaulted into it
+    assert obj["spec"] == manifest["spec"]
+
+
 def test_moving_the_alias_rolls_out_the_new_version(
         control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
         model_name: str) -> None:
