@@ -113,3 +113,12 @@ def test_operator_scenario_with_the_charts_serviceaccount(
         assert verbs <= granted.get(key, set()), f"used without a grant: {key} {verbs}"
     unused = {k: v - used.get(k, set()) for k, v in granted.items() if v - used.get(k, set())}
     assert not unused, f"the chart grants what the operator never used: {unused}"
+
+
+def test_helm_install_with_a_misspelled_value_fails_naming_it(control_plane: ControlPlane) -> None:
+    assert control_plane.bin is not None
+    out = subprocess.run([str(control_plane.bin / "helm"), "--kubeconfig", str(control_plane.kubeconfig_path),
+                          "install", "typo", str(REPO / "charts" / "modelpilot"), "--namespace", "default",
+                          "--set", "registry.trackinguri=http://mlflow:5000"], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "additional properties 'trackinguri' not allowed" in out.stderr, out.stderr

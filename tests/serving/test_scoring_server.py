@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 
+from hack.devenv import wait_for
 from tests.serving.conftest import Server, StartServer
 from tests.serving.models import COLUMNS, training_frame
 
@@ -240,7 +240,7 @@ def test_metrics(sklearn_server: Server) -> None:
 
 def test_readiness_waits_for_the_model_and_liveness_does_not(start_server: StartServer,
                                                             model_dirs: dict[str, Path]) -> None:
-    server = start_server(model_dirs["flaky"], env={"FLAKY_LOAD_SECONDS": "4"}, wait=False)
+    server = start_server(model_dirs["flaky"], env={"FLAKY_LOAD_SECONDS": "8"}, wait=False)
     server.wait("/v2/health/live", timeout=60)
     assert requests.get(server.url + "/ping", timeout=5).status_code == 503
     r = requests.get(server.url + "/v2/health/ready", timeout=5)
@@ -261,8 +261,8 @@ def test_sigterm_drains_in_flight_requests(start_server: StartServer, model_dirs
     slow = json.dumps(split([[99, 0, 0, 0, 0]]))
     t = threading.Thread(target=lambda: results.append(server.post("/invocations", slow)))
     t.start()
-    time.sleep(0.3)  # the request is inside predict (1 s)
-    os.killpg(server.proc.pid, signal.SIGTERM)
+    wait_for(lambda: _metric(server, "modelpilot_requests_in_flight") == 1, 10, "the request to be in flight")
+    os.killpg(server.proc.pid, signal.SIGTERM)  # while the request sleeps inside predict (1 s)
     t.join(10)
     assert results and results[0].status_code == 200 and results[0].json() == {"predictions": [990.0]}
     # uvicorn re-raises the signal once drained, so the exit status reports SIGTERM
