@@ -38,7 +38,7 @@ class Settings:
     #: First retry delay after a transient registry failure; doubles up to the refresh interval.
     retry_base_seconds: float = 2.0
     #: Reconciles that may run at once (they mostly wait on HTTP).
-    workers: int = 4
+    reconcile_workers: int = 4
     #: Cluster DNS domain used in `status.url`.
     cluster_domain: str = "cluster.local"
     #: Name the operator writes with (server-side apply field manager, event source).

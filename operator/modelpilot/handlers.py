@@ -61,7 +61,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
     kube = Kube.from_environment()
     state.reconciler = Reconciler(kube, config)
-    state.queue = WorkQueue(_reconcile, workers=config.workers,
+    state.queue = WorkQueue(_reconcile, workers=config.reconcile_workers,
                             error_delay=lambda _k, n: min(config.retry_base_seconds * 2 ** n, 300.0))
     state.task = asyncio.create_task(state.queue.run())
     log.info("modelpilot operator started (default tracking URI: %s)",

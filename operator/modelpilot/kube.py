@@ -27,7 +27,6 @@ PLURALS = {
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("modelpilot.dev/v1alpha1", "ModelDeployment"): "modeldeployments",
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
 }
 
 
