@@ -28,6 +28,9 @@ from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
+#: Lone requests whose predicts take less than this (moving average) run on the event loop.
+INLINE_BELOW_MS = 20.0
+
 
 @dataclass
 class Result:
@@ -123,9 +126,10 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         #: Requests being received/decoded right now (they may join the next batch).
         self.arriving = 0
-        self.busy = False
-        #: Run a lone request on the event loop instead of the predict thread.
+        #: Run a lone request on the event loop instead of the predict thread, when predicts are fast.
         self.inline = True
+        #: Moving average of lone predict calls (ms); None until measured.
+        self._solo_ms: float | None = None
         self._last_batch = 0
 
     def start(self) -> None:
@@ -187,12 +191,14 @@ class Batcher:
                 continue
             batch = self._take()
             self._last_batch = len(batch)
-            self.busy = True
             self._on_batch(sum(max(i.request.rows, 1) for i in batch))
+            lone = len(batch) == 1 and not self._queue and not self.arriving
+            started = loop.time()
             try:
-                if self.inline and len(batch) == 1 and not self._queue and not self.arriving:
-                    # A lone request with nothing else in sight: predicting right here saves the
-                    # thread hand-off (and its GIL round trips), which is most of the latency we add.
+                if lone and self.inline and self._solo_ms is not None and self._solo_ms < INLINE_BELOW_MS:
+                    # A lone, fast request with nothing else in sight: predicting right here saves the
+                    # thread hand-off (and its GIL round trips), most of the latency we would add. Slow
+                    # models always run on the predict thread, so probes and timeouts stay responsive.
                     results = self._run_batch([batch[0].request])
                 else:
                     results = await loop.run_in_executor(self._executor, self._run_batch,
@@ -200,8 +206,9 @@ class Batcher:
             except Exception as exc:
                 log.exception("Batch failed unexpectedly")
                 results = [Result(error=from_mlflow(exc))] * len(batch)
-            finally:
-                self.busy = False
+            if lone:
+                took = (loop.time() - started) * 1000
+                self._solo_ms = took if self._solo_ms is None else 0.8 * self._solo_ms + 0.2 * took
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)
