@@ -110,13 +110,30 @@ def events_for(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     return list((body or {}).get("items", []))
 
 
+def wait_event(kube: Kube, namespace: str, name: str, reason: str, type_: str | None = None,
+               timeout: float = 30) -> list[dict[str, Any]]:
+    """Events are written right after the status they go with: poll for them, then return all events."""
+
+    def seen() -> list[dict[str, Any]] | None:
+        events = events_for(kube, namespace, name)
+        hit = [e for e in events if e["reason"] == reason and (type_ is None or e["type"] == type_)]
+        return events if hit else None
+
+    return list(wait_for(seen, timeout, f"a {reason} event on {namespace}/{name}"))
+
+
 def wait_ready(kube: Kube, namespace: str, name: str, timeout: float = 90, operator: Operator | None = None,
                version: str | None = None) -> dict[str, Any]:
     """Wait for Ready=True (serving `version`, when given) and return the object."""
 
     def ready() -> dict[str, Any] | None:
         obj = kube.get("modelpilot.dev/v1alpha1", "ModelDeployment", namespace, name)
-        if version is not None and ((obj or {}).get("status", {}).get("model") or {}).get("version") != version:
+        if obj is None:
+            return None
+        status = obj.get("status") or {}
+        if status.get("observedGeneration") != obj["metadata"].get("generation"):
+            return None  # a Ready condition about an older spec says nothing about this one
+        if version is not None and (status.get("model") or {}).get("version") != version:
             return None
         return obj if condition(obj, "Ready").get("status") == "True" else None
 

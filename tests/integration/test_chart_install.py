@@ -20,7 +20,7 @@ import pytest
 from hack.devenv import ControlPlane, MlflowServer
 from modelpilot.kube import Kube
 from tests.chart.test_chart import OPERATOR_NEEDS
-from tests.helpers import REPO, Operator, Registry, apply, events_for, mdep_manifest, wait_for, wait_ready
+from tests.helpers import REPO, Operator, Registry, apply, mdep_manifest, wait_event, wait_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -96,11 +96,10 @@ def test_operator_scenario_with_the_charts_serviceaccount(
         wait_ready(kube, namespace, "m", operator=limited)
         new = registry.register(model_name, alias="champion", seed=1)
         wait_ready(kube, namespace, "m", operator=limited, version=new)
-        assert {"Resolved", "VersionChanged"} <= {e["reason"] for e in events_for(kube, namespace, "m")}
+        assert "Resolved" in {e["reason"] for e in wait_event(kube, namespace, "m", "VersionChanged")}
         # an unresolvable URI: the operator only reads the (missing) Deployment and reports
         apply(control_plane, mdep_manifest("typo", namespace, f"models:/{model_name}@no-such-alias"))
-        wait_for(lambda: any(e["reason"] == "ModelNotFound" for e in events_for(kube, namespace, "typo")), 30,
-                 "a ModelNotFound event")
+        wait_event(kube, namespace, "typo", "ModelNotFound", "Warning")
         logs = limited.logs(400)
         assert "403" not in logs and "forbidden" not in logs.lower(), logs
     finally:

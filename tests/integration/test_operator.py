@@ -14,7 +14,17 @@ import pytest
 
 from hack.devenv import ControlPlane, MlflowServer
 from modelpilot.kube import Kube
-from tests.helpers import MDEP, Operator, Registry, apply, condition, events_for, mdep_manifest, wait_for, wait_ready
+from tests.helpers import (
+    MDEP,
+    Operator,
+    Registry,
+    apply,
+    condition,
+    mdep_manifest,
+    wait_event,
+    wait_for,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -33,6 +43,24 @@ def served_version(kube: Kube, ns: str, name: str) -> str | None:
 def pods(kube: Kube, ns: str, selector: str) -> list[dict[str, Any]]:
     body = kube.request("GET", f"/api/v1/namespaces/{ns}/pods", params={"labelSelector": selector})
     return list((body or {}).get("items", []))
+
+
+def settled_versions(kube: Kube, ns: str, kinds: tuple[tuple[str, str], ...], name: str = "m") -> dict[str, str]:
+    """resourceVersions once controllers stopped writing (the same over 2 s): the baseline for 'untouched'."""
+
+    def read() -> dict[str, str]:
+        return {kind: kube.get(api, kind, ns, name)["metadata"]["resourceVersion"]  # type: ignore[index]
+                for api, kind in kinds}
+
+    def stable() -> dict[str, str] | None:
+        first = read()
+        time.sleep(2)
+        return first if read() == first else None
+
+    return dict(wait_for(stable, 30, "the children to settle"))
+
+
+CHILDREN = (("apps/v1", "Deployment"), ("v1", "Service"))
 
 
 def ready_pods(kube: Kube, ns: str, selector: str) -> list[dict[str, Any]]:
@@ -73,7 +101,7 @@ def test_apply_creates_a_pinned_deployment_and_service(
     assert (status["replicas"], status["readyReplicas"]) == (2, 2)
     assert status["url"] == f"http://fraud.{namespace}.svc.cluster.local"
     assert {c["type"] for c in status["conditions"]} >= {"Ready", "ModelResolved", "Progressing", "Degraded"}
-    assert [e["reason"] for e in events_for(kube, namespace, "fraud")].count("Resolved") == 1
+    assert [e["reason"] for e in wait_event(kube, namespace, "fraud", "Resolved")].count("Resolved") == 1
 
     # the operator writes only status: no finalizers, no annotations, no spec changes
     meta = obj["metadata"]
@@ -128,7 +156,7 @@ def test_moving_the_alias_rolls_out_the_new_version(
 
     obj = wait_ready(kube, namespace, "m", operator=operator, version=new)
     assert obj["status"]["lastVersionChange"]["from"] == "1" and obj["status"]["lastVersionChange"]["to"] == new
-    changed = [e for e in events_for(kube, namespace, "m") if e["reason"] == "VersionChanged"]
+    changed = [e for e in wait_event(kube, namespace, "m", "VersionChanged") if e["reason"] == "VersionChanged"]
     assert len(changed) == 1 and f"from version 1 to {new}" in changed[0]["message"]
     selector = f"modelpilot.dev/deployment=m,{VERSION_LABEL}={new}"
     wait_for(lambda: len(ready_pods(kube, namespace, selector)) == 1, 60, "a Ready pod of the new version")
@@ -144,8 +172,7 @@ def test_registry_outage_leaves_children_untouched_and_recovers(
         apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s",
                                            registry={"trackingUri": own.url}))
         wait_ready(kube, namespace, "m", operator=operator)
-        before = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
-                  for api, kind in (("apps/v1", "Deployment"), ("v1", "Service"))}
+        before = settled_versions(kube, namespace, CHILDREN)
 
         own.stop()
         obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and
@@ -157,17 +184,18 @@ def test_registry_outage_leaves_children_untouched_and_recovers(
         assert condition(obj, "Ready")["status"] == "False"
         assert condition(obj, "Degraded")["status"] == "True"
         assert obj["status"]["model"]["version"] == "1"
-        warnings = [e for e in events_for(kube, namespace, "m") if e["type"] == "Warning"]
+        warnings = [e for e in wait_event(kube, namespace, "m", "RegistryUnreachable", "Warning")
+                    if e["type"] == "Warning"]
         assert [e["reason"] for e in warnings] == ["RegistryUnreachable"], "one warning, not one per retry"
         time.sleep(5)  # several refresh intervals (and retries) with the registry down
         after = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
-                 for api, kind in (("apps/v1", "Deployment"), ("v1", "Service"))}
+                 for api, kind in CHILDREN}
         assert after == before, "children must not be touched while the registry is down"
 
         own.start()  # same port, same database; the operator is not touched
         obj = wait_ready(kube, namespace, "m", timeout=60, operator=operator)
         assert condition(obj, "ModelResolved")["status"] == "True"
-        assert any(e["reason"] == "Recovered" for e in events_for(kube, namespace, "m"))
+        wait_event(kube, namespace, "m", "Recovered")
     finally:
         own.stop()
 
@@ -190,7 +218,7 @@ def test_unresolvable_creates_nothing(
                    == reason and o, 30, f"a {reason} condition")
     assert condition(obj, "Ready")["status"] == "False"
     assert condition(obj, "ModelResolved")["message"]
-    assert any(e["reason"] == reason and e["type"] == "Warning" for e in events_for(kube, namespace, "m"))
+    wait_event(kube, namespace, "m", reason, "Warning")
     assert deployment(kube, namespace, "m") is None
     assert kube.get("v1", "Service", namespace, "m") is None
 
@@ -241,18 +269,14 @@ def test_operator_restart_does_not_write_converged_children(
     registry.register(model_name, alias="champion")
     apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s"))
     wait_ready(kube, namespace, "m", operator=operator)
-    time.sleep(3)  # let the rollout's last status updates settle
-
-    def versions() -> dict[str, str]:
-        return {kind: kube.get(api, kind, namespace, name)["metadata"]["resourceVersion"]  # type: ignore[index]
-                for api, kind, name in (("apps/v1", "Deployment", "m"), ("v1", "Service", "m"),
-                                        (*MDEP, "m"))}
-
-    before = versions()
+    everything = (*CHILDREN, MDEP)
+    before = settled_versions(kube, namespace, everything)
     offset = operator.log_size()
     operator.restart()
     time.sleep(6)  # the restarted operator has reconciled (on resume) and refreshed at least twice
-    assert versions() == before, "a restart must not write to converged objects"
+    after = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
+             for api, kind in everything}
+    assert after == before, "a restart must not write to converged objects"
     assert f"{namespace}/m" not in operator.logs_since(offset), "no event, no warning, no failed reconcile"
 
 
