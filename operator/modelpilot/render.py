@@ -132,7 +132,7 @@ def _resources(spec: DeploymentSpec) -> dict[str, Any]:
     return resources
 
 
-def _probe(path: str, settings: Settings, period: int, failures: int) -> dict[str, Any]:
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
         "periodSeconds": period,
@@ -172,10 +172,10 @@ def render_deployment(
         "args": ["--model-uri", spec.model.pinned(resolved.version)],
         "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"}],
         "env": _env(spec, resolved, settings),
-        "readinessProbe": _probe("/v2/health/ready", settings, period=5, failures=3),
-        "livenessProbe": _probe("/v2/health/live", settings, period=10, failures=3),
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         # Loading a model (download + unpickle + warm-up) can take minutes; liveness waits for it.
-        "startupProbe": _probe("/v2/health/live", settings, period=5, failures=60),
+        "startupProbe": _probe("/v2/health/live", period=5, failures=60),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

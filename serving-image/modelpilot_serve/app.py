@@ -25,7 +25,7 @@ import orjson
 from . import metrics, protocol, v2
 from .batcher import Batcher, Result, Runner
 from .errors import BadRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, ServingError, Timeout
-from .loader import LoadedModel, load
+from .loader import LoadedModel, load, name_from_uri, version_from_uri
 from .settings import ServeSettings
 
 log = logging.getLogger("modelpilot_serve")
@@ -62,8 +62,8 @@ class ScoringApp:
         self.batcher: Batcher | None = None
         self.shutting_down = False
         self._preloaded = model
-        self.name = settings.model_name or _default_name(settings.model_uri)
-        self.version = settings.model_version or _default_version(settings.model_uri)
+        self.name = settings.model_name or name_from_uri(settings.model_uri)
+        self.version = settings.model_version or version_from_uri(settings.model_uri)
         labels = (self.name, self.version)
         self._latency = {ep: metrics.LATENCY.labels(*labels, ep) for ep in ("invocations", "v2_infer")}
         self._in_flight = metrics.IN_FLIGHT.labels(*labels)
@@ -256,7 +256,7 @@ class ScoringApp:
         if name != self.name:
             raise NotFound(f"model {name!r} is not served here; this server serves {self.name!r}")
         action = rest[0] if rest else ""
-        if action == "" and not rest:
+        if not rest:
             _allow(method, "GET")
             if not self.ready or self.model is None:
                 raise self._not_ready()
@@ -326,18 +326,6 @@ async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> No
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-def _default_name(uri: str) -> str:
-    from .loader import _name_from_uri
-
-    return _name_from_uri(uri)
-
-
-def _default_version(uri: str) -> str:
-    from .loader import _version_from_uri
-
-    return _version_from_uri(uri)
 
 
 def _version() -> str:

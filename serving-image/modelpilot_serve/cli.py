@@ -7,20 +7,14 @@ import os
 import sys
 import tempfile
 
-from .settings import ServeSettings, parser
+from .settings import from_args, parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.model_uri:
         parser().error("--model-uri (or MODELPILOT_MODEL_URI) is required")
-    settings = ServeSettings(
-        model_uri=args.model_uri, host=args.host, port=args.port, workers=max(1, args.workers),
-        max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-        max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
-        model_name=args.model_name, model_version=args.model_version, cache_dir=args.cache_dir,
-        log_level=args.log_level,
-    )
+    settings = from_args(args)
     # Workers are separate processes built by the uvicorn factory: they read the same settings back
     # from the environment.
     os.environ.update(settings.to_env())

@@ -124,8 +124,8 @@ def load(model_uri: str, cache_dir: Path, name: str = "", version: str = "") -> 
     model = LoadedModel(
         pyfunc=pyfunc,
         path=path,
-        name=name or _name_from_uri(model_uri),
-        version=version or _version_from_uri(model_uri),
+        name=name or name_from_uri(model_uri),
+        version=version or version_from_uri(model_uri),
         input_schema=meta.get_input_schema(),
         flavors=sorted(meta.flavors),
         load_seconds=0.0,
@@ -154,13 +154,13 @@ def warm_up(model: LoadedModel) -> None:
         log.warning("Warm-up prediction on the input example failed: %s", exc)
 
 
-def _name_from_uri(uri: str) -> str:
+def name_from_uri(uri: str) -> str:
     if uri.startswith("models:/"):
         return uri[len("models:/"):].rsplit("/", 1)[0].rsplit("@", 1)[0]
     return os.path.basename(uri.rstrip("/")) or "model"
 
 
-def _version_from_uri(uri: str) -> str:
+def version_from_uri(uri: str) -> str:
     if uri.startswith("models:/") and "/" in uri[len("models:/"):]:
         return uri.rsplit("/", 1)[1]
     return ""

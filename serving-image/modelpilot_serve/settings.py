@@ -46,32 +46,45 @@ class ServeSettings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+def _default(name: str) -> object:
+    """MODELPILOT_<NAME> if set (argparse converts it with the flag's type), else the dataclass default."""
+    raw = os.environ.get(f"MODELPILOT_{name.upper()}")
+    return raw if raw is not None else ServeSettings.__dataclass_fields__[name].default
+
+
 def parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     p = argparse.ArgumentParser(
         prog="modelpilot-serve",
         description="Serve an MLflow model over the MLflow scoring protocol and the Open Inference Protocol v2.")
-    p.add_argument("--model-uri", default=env("MODELPILOT_MODEL_URI"),
+    p.add_argument("--model-uri", default=os.environ.get("MODELPILOT_MODEL_URI"),
                    help="models:/NAME/VERSION (downloaded through MLFLOW_TRACKING_URI) or a local model "
                         "directory [MODELPILOT_MODEL_URI]")
-    p.add_argument("--host", default=env("MODELPILOT_HOST", "0.0.0.0"), help="[MODELPILOT_HOST]")
-    p.add_argument("--port", type=int, default=int(env("MODELPILOT_PORT", "8080")), help="[MODELPILOT_PORT]")
-    p.add_argument("--workers", type=int, default=int(env("MODELPILOT_WORKERS", "1")),
+    p.add_argument("--host", default=_default("host"), help="[MODELPILOT_HOST]")
+    p.add_argument("--port", type=int, default=_default("port"), help="[MODELPILOT_PORT]")
+    p.add_argument("--workers", type=int, default=_default("workers"),
                    help="server processes, each with its own copy of the model [MODELPILOT_WORKERS]")
-    p.add_argument("--max-batch-size", type=int, default=int(env("MODELPILOT_MAX_BATCH_SIZE", "1024")),
+    p.add_argument("--max-batch-size", type=int, default=_default("max_batch_size"),
                    help="most rows merged into one predict call; 1 disables batching [MODELPILOT_MAX_BATCH_SIZE]")
-    p.add_argument("--max-batch-delay-ms", type=float, default=float(env("MODELPILOT_MAX_BATCH_DELAY_MS", "5")),
+    p.add_argument("--max-batch-delay-ms", type=float, default=_default("max_batch_delay_ms"),
                    help="longest wait for batch-mates already being received [MODELPILOT_MAX_BATCH_DELAY_MS]")
-    p.add_argument("--max-body-bytes", type=int, default=int(env("MODELPILOT_MAX_BODY_BYTES", str(10 * 1024 * 1024))),
+    p.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"),
                    help="larger request bodies get 413 [MODELPILOT_MAX_BODY_BYTES]")
-    p.add_argument("--request-timeout", type=float, default=float(env("MODELPILOT_REQUEST_TIMEOUT", "60")),
+    p.add_argument("--request-timeout", type=float, default=_default("request_timeout"),
                    help="seconds before a request gets 504 [MODELPILOT_REQUEST_TIMEOUT]")
-    p.add_argument("--model-name", default=env("MODELPILOT_MODEL_NAME", ""),
+    p.add_argument("--model-name", default=_default("model_name"),
                    help="name in metrics and the v2 API (default: from the URI) [MODELPILOT_MODEL_NAME]")
-    p.add_argument("--model-version", default=env("MODELPILOT_MODEL_VERSION", ""),
+    p.add_argument("--model-version", default=_default("model_version"),
                    help="version in metrics and the v2 API (default: from the URI) [MODELPILOT_MODEL_VERSION]")
-    p.add_argument("--cache-dir", default=env("MODELPILOT_CACHE_DIR", "/tmp/modelpilot-models"),
+    p.add_argument("--cache-dir", default=_default("cache_dir"),
                    help="where downloaded models are kept [MODELPILOT_CACHE_DIR]")
-    p.add_argument("--log-level", default=env("MODELPILOT_LOG_LEVEL", "info"),
-                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default=_default("log_level"),
+                   choices=["critical", "error", "warning", "info", "debug"], help="[MODELPILOT_LOG_LEVEL]")
     return p
+
+
+def from_args(args: argparse.Namespace) -> ServeSettings:
+    """The settings the flags describe (flags not given fall back to the environment, then the defaults)."""
+    names = ServeSettings.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["workers"] = max(1, int(values["workers"]))
+    return ServeSettings(**values)
