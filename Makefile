@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries dev-up dev-down dev-status install run demo test lint unit bench image image-gpu kind-demo clean
+.PHONY: help venv binaries system-packages dev-up dev-down dev-status install run demo test lint unit bench image image-gpu kind-demo clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,7 +49,10 @@ lint: venv ## ruff + mypy (strict)
 unit: venv ## fast tests only (no cluster, no registry)
 	$(VENV)/bin/pytest tests/unit -q
 
-test: venv binaries lint ## the whole test suite, against a real control plane and a real MLflow
+system-packages: ## Debian packages the tests run for real (prometheus), installed when missing
+	bash hack/system-packages.sh
+
+test: venv binaries system-packages lint ## the whole test suite, against a real control plane and a real MLflow
 	$(VENV)/bin/pytest -v --durations=15 $(PYTEST_ARGS)
 
 MLSERVER_VENV := .bench/mlserver-venv

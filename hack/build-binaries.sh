@@ -17,6 +17,7 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.21.4}
+GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
 CACHE=${MODELPILOT_CACHE:-$HOME/.cache/modelpilot}
 # Which Kubernetes commands to build; kubelet and kube-proxy are only needed for the real node.
 K8S_CMDS=${K8S_CMDS:-"kube-apiserver kube-controller-manager kube-scheduler kubectl"}
@@ -104,6 +105,16 @@ if [ ! -s "$kwok_dir/stages.yaml" ]; then
     echo "---"; cat "$f"
   done > "$kwok_dir/stages.yaml.tmp" && mv "$kwok_dir/stages.yaml.tmp" "$kwok_dir/stages.yaml"
 fi
+
+# The official Gateway API CRDs (standard channel), from the same module the implementations build on:
+# the canary tests install them to check HTTPRoute weights against the real schema.
+gw_dir="$CACHE/gateway-api-$GATEWAY_API_VERSION"
+if [ ! -s "$gw_dir/gateway.networking.k8s.io_httproutes.yaml" ]; then
+  src=$(cd /tmp && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$gw_dir.tmp" && cp "$src"/config/crd/standard/*.yaml "$gw_dir.tmp/" && rm -rf "$gw_dir" && mv "$gw_dir.tmp" "$gw_dir"
+  log "gateway-api $GATEWAY_API_VERSION CRDs: fetched"
+fi
+ln -sfn "$gw_dir" "$out/gateway-api-crds"
 
 # One directory with stable names for PATH.
 for f in "$k8s_dir"/* "$etcd_dir/etcd" "$kwok_dir/kwok" "$kwok_dir/stages.yaml" "$helm_dir/helm"; do

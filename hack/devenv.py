@@ -423,7 +423,12 @@ class MlflowServer:
         auth: list[str] = []
         if self.admin_password:
             auth = ["--app-name", "basic-auth"]
-            env.update(MLFLOW_AUTH_ADMIN_PASSWORD=self.admin_password,
+            # Its own auth config: MLflow's default keeps the user database in ./basic_auth.db (the cwd).
+            ini = self.dir / "basic_auth.ini"
+            ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                           f"database_uri = sqlite:///{self.dir / 'basic_auth.db'}\nadmin_username = admin\n"
+                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            env.update(MLFLOW_AUTH_ADMIN_PASSWORD=self.admin_password, MLFLOW_AUTH_CONFIG_PATH=str(ini),
                        MLFLOW_FLASK_SERVER_SECRET_KEY="modelpilot-dev-only")
         self.procs.start("mlflow", [
             str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.dir / 'mlflow.db'}",
@@ -435,6 +440,67 @@ class MlflowServer:
 
     def stop(self) -> None:
         self.procs.stop("mlflow")
+
+
+class PrometheusServer:
+    """Debian's `prometheus`, scraping whatever targets are listed in files under `targets/` (file_sd).
+
+    Scoring servers are added with `add_target`; Prometheus picks new files up within a second, and
+    scrapes every second so a canary analysis over a few seconds has samples.
+    """
+
+    def __init__(self, state: Path, name: str = "prometheus") -> None:
+        self.dir = state / name
+        self.procs = Processes(self.dir)
+        self.port_path = self.dir / "port"
+        self.targets = self.dir / "targets"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{int(self.port_path.read_text())}"
+
+    def healthy(self) -> bool:
+        if not self.port_path.exists() or not self.procs.alive("prometheus"):
+            return False
+        try:
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=3) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        if self.healthy():
+            return
+        binary = shutil.which("prometheus")
+        if binary is None:
+            subprocess.run(["bash", str(REPO / "hack" / "system-packages.sh")], check=True)
+            binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        self.targets.mkdir(parents=True, exist_ok=True)
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "modelpilot-scoring-servers", "file_sd_configs": [
+                {"files": [str(self.targets / "*.json")], "refresh_interval": "1s"}]}],
+        }
+        (self.dir / "prometheus.yml").write_text(json.dumps(config, indent=1))
+        port = free_port()
+        self.port_path.write_text(str(port))
+        self.procs.start("prometheus", [
+            binary, f"--config.file={self.dir / 'prometheus.yml'}", f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2h",
+        ])
+        wait_for(self.healthy, 60, f"prometheus on port {port}\n{self.procs.log_tail('prometheus')}")
+        log(f"prometheus ready at {self.url}")
+
+    def add_target(self, name: str, address: str, labels: dict[str, str]) -> None:
+        tmp = self.targets / f".{name}.tmp"
+        tmp.write_text(json.dumps([{"targets": [address], "labels": labels}]))
+        tmp.rename(self.targets / f"{name}.json")  # atomic: Prometheus never reads half a file
+
+    def remove_target(self, name: str) -> None:
+        (self.targets / f"{name}.json").unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self.procs.stop("prometheus")
 
 
 # -- CLI -------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hack.devenv import ControlPlane, MlflowServer, ensure_binaries, wait_for
+from hack.devenv import ControlPlane, MlflowServer, PrometheusServer, ensure_binaries, wait_for
 from modelpilot.kube import Kube
 from tests.helpers import Operator, Registry
 
@@ -46,14 +46,27 @@ def model_name() -> str:
     return f"model-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(scope="session")
+def prometheus(state_dir: Path) -> Iterator[PrometheusServer]:
+    """Debian's Prometheus (installed by hack/system-packages.sh when missing), scraping every second."""
+    server = PrometheusServer(state_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
 # -- the control plane -------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def control_plane(state_dir: Path) -> Iterator[ControlPlane]:
-    cp = ControlPlane(state_dir, ensure_binaries())
+    bin_dir = ensure_binaries()
+    cp = ControlPlane(state_dir, bin_dir)
     cp.start()
     cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    wait_for(lambda: cp.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0, 30,
-             "the ModelDeployment CRD to be served")
+    # The official Gateway API CRDs (standard channel): canary tests check HTTPRoutes against them.
+    cp.kubectl("apply", "--server-side", "-f", str((bin_dir / "gateway-api-crds").resolve()))
+    for resource in ("modeldeployments", "httproutes.gateway.networking.k8s.io"):
+        wait_for(lambda r=resource: cp.kubectl("get", r, "-A", check=False).returncode == 0, 30,  # type: ignore[misc]
+                 f"{resource} to be served")
     yield cp
     if not os.environ.get("MODELPILOT_TEST_STATE"):
         cp.stop()

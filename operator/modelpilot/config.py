@@ -37,6 +37,10 @@ class Settings:
     registry_timeout_seconds: float = 10.0
     #: First retry delay after a transient registry failure; doubles up to the refresh interval.
     retry_base_seconds: float = 2.0
+    #: Prometheus queried by canary analysis when `spec.canary.analysis.prometheusUrl` is not set.
+    default_prometheus_url: str = ""
+    #: Timeout of each Prometheus query, in seconds.
+    prometheus_timeout_seconds: float = 10.0
     #: Reconciles that may run at once (they mostly wait on HTTP).
     reconcile_workers: int = 4
     #: Cluster DNS domain used in `status.url`.

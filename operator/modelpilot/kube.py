@@ -27,6 +27,7 @@ PLURALS = {
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("modelpilot.dev/v1alpha1", "ModelDeployment"): "modeldeployments",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
 }
 
 
@@ -115,6 +116,22 @@ class Kube:
                               params={"fieldManager": field_manager, "force": "true"})
         assert result is not None
         return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete one object (children go with it, in the background); False when it did not exist."""
+        try:
+            self.request("DELETE", resource_path(api_version, kind, namespace, name),
+                         {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves `plural` in `api_version` (e.g. a CRD is installed)."""
+        body = self.request("GET", f"/apis/{api_version}")
+        return any(r.get("name") == plural for r in (body or {}).get("resources") or [])
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any], field_manager: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ RECONCILE_SECONDS = Histogram("modelpilot_reconcile_duration_seconds", "Time spe
 REGISTRY_ERRORS = Counter("modelpilot_registry_errors_total", "Failed registry resolutions, by reason",
                           ["reason"])
 VERSION_CHANGES = Counter("modelpilot_version_changes_total", "Resolved versions that changed")
-#: Canary rollbacks. Declared now so alerting rules (the chart's PrometheusRule) refer to a real series;
-#: it stays 0 until progressive rollouts land.
-ROLLBACKS = Counter("modelpilot_rollbacks_total", "Canary versions rolled back")
+ROLLBACKS = Counter("modelpilot_rollbacks_total", "Canary versions rolled back (analysis failed, pods failed, "
+                    "or aborted)")
+PROMOTIONS = Counter("modelpilot_promotions_total", "Canary versions promoted to stable")
+ANALYSES = Counter("modelpilot_canary_analyses_total", "Canary analyses run, by outcome", ["outcome"])

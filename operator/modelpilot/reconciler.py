@@ -24,23 +24,42 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import metrics, render
+from .analysis import Prometheus, evaluate
+from .canary import (
+    PAUSED,
+    STARTING,
+    Observed,
+    Verdict,
+    analysis_window,
+    canary_replicas_for_route,
+    effective_weight,
+    split_replicas,
+)
+from .canary import Plan as CanaryPlan
+from .canary import plan as canary_plan
 from .config import Settings
 from .kube import Kube, KubeError
 from .registry import Credentials, RegistryClient, RegistryError, ResolvedModel
 from .spec import DeploymentSpec, InvalidSpec, parse_spec
 from .status import (
+    DEGRADED,
     MODEL_RESOLVED,
+    PROGRESSING,
     Problem,
     Rollout,
     compute_conditions,
+    condition,
     invalid_spec_conditions,
     merge_conditions,
 )
+from .uri import ModelRef
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 RegistryFactory = Callable[[str, Credentials | None], RegistryClient]
+#: How long the answer to "is the Gateway API installed?" is trusted.
+GATEWAY_API_RECHECK_SECONDS = 60.0
 
 
 @dataclass
@@ -74,13 +93,16 @@ class Reconciler:
         settings: Settings,
         registry_factory: RegistryFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.clock = clock
+        self.wall_clock = wall_clock
         self.registry_factory = registry_factory or (
             lambda uri, creds: RegistryClient(uri, creds, timeout=settings.registry_timeout_seconds))
-        self._resolutions: dict[Key, Resolution] = {}
+        self._resolutions: dict[tuple[str, str, str], Resolution] = {}
+        self._gateway_api: tuple[bool, float] = (False, -1.0)
         self._lock = threading.Lock()
 
     # -- resolution ------------------------------------------------------------------------------
@@ -101,17 +123,19 @@ class Reconciler:
                                 "'username'/'password' keys")
         return creds
 
-    def _resolve(self, key: Key, spec: DeploymentSpec) -> Resolution:
+    def _resolve(self, key: Key, spec: DeploymentSpec, uri: str, ref: ModelRef, track: str = "stable",
+                 ) -> Resolution:
         """The cached resolution while it is fresh, else ask the registry (at most once per interval)."""
-        identity = (spec.model_uri, spec.tracking_uri, spec.credentials_secret)
+        identity = (uri, spec.tracking_uri, spec.credentials_secret)
         now = self.clock()
+        cache_key = (*key, track)
         with self._lock:
-            cached = self._resolutions.get(key)
+            cached = self._resolutions.get(cache_key)
         if cached and cached.identity == identity and now < cached.next_at:
             return cached
         try:
             creds = self._credentials(key[0], spec)
-            resolved = self.registry_factory(spec.tracking_uri, creds).resolve(spec.model)
+            resolved = self.registry_factory(spec.tracking_uri, creds).resolve(ref)
         except RegistryError as exc:
             failures = (cached.failures if cached and cached.identity == identity else 0) + 1
             delay = (min(self.settings.retry_base_seconds * 2 ** (failures - 1), spec.refresh_seconds)
@@ -119,17 +143,18 @@ class Reconciler:
             keep = cached.resolved if cached and cached.identity == identity else None
             result = Resolution(identity, keep, Problem(exc.reason, str(exc)), now + delay, failures)
             metrics.REGISTRY_ERRORS.labels(reason=exc.reason).inc()
-            log.warning("Resolving %s for %s/%s failed (%s), retrying in %.0fs", spec.model_uri, *key,
+            log.warning("Resolving %s for %s/%s failed (%s), retrying in %.0fs", uri, *key,
                         result.problem.reason if result.problem else "", delay)
         else:
             result = Resolution(identity, resolved, None, now + spec.refresh_seconds)
         with self._lock:
-            self._resolutions[key] = result
+            self._resolutions[cache_key] = result
         return result
 
     def forget(self, key: Key) -> None:
         with self._lock:
-            self._resolutions.pop(key, None)
+            for track in ("stable", "canary"):
+                self._resolutions.pop((*key, track), None)
 
     # -- the reconcile ---------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> float | None:
@@ -157,30 +182,98 @@ class Reconciler:
             self._event_on_change(obj, old_status, conditions, now)
             return None
 
-        resolution = self._resolve(key, spec)
-        resolved = resolution.resolved
+        resolution = self._resolve(key, spec, spec.model_uri, spec.model)
         previous_model = old_status.get("model") or {}
-        if resolved is None and previous_model.get("uri") == spec.model_uri and previous_model.get("version"):
+        target = resolution.resolved
+        if target is None and previous_model.get("uri") == spec.model_uri and previous_model.get("version"):
             # Registry trouble after a restart: keep serving what the status says was resolved.
-            resolved = ResolvedModel.from_status(previous_model)
+            target = ResolvedModel.from_status(previous_model)
+        current = ResolvedModel.from_status(previous_model) if previous_model.get("version") else None
 
-        deployment: dict[str, Any] | None
-        if resolved is not None:
-            deployment = self.kube.apply(render.render_deployment(owner, spec, resolved, self.settings),
-                                         self.settings.field_manager)
+        # The canary candidate: the canary URI's version, else (progressive) spec.model.uri's version.
+        canary_spec = spec.canary
+        candidate: ResolvedModel | None = None
+        candidate_uri = spec.model_uri
+        canary_problem: Problem | None = None
+        next_at = resolution.next_at
+        if canary_spec is not None and canary_spec.model is not None and canary_spec.model_uri:
+            candidate_uri = canary_spec.model_uri
+            canary_resolution = self._resolve(key, spec, canary_spec.model_uri, canary_spec.model, "canary")
+            next_at = min(next_at, canary_resolution.next_at)
+            canary_problem = canary_resolution.problem
+            candidate = canary_resolution.resolved if canary_problem is None or not canary_spec.progressive \
+                else None
+        elif canary_spec is not None:
+            candidate = resolution.resolved if resolution.problem is None else None
+
+        stable_deployment = self.kube.get("apps/v1", "Deployment", namespace, render.deployment_name(owner))
+        canary_deployment = self.kube.get("apps/v1", "Deployment", namespace,
+                                          render.deployment_name(owner, "canary"))
+        router, router_problem = self._router(spec)
+        canary_rollout = Rollout.from_deployment(canary_deployment)
+        wall = self.wall_clock()
+        previous_canary: dict[str, Any] = old_status.get("canary") or {}
+        verdict = self._analyse(spec, owner, previous_canary, candidate, wall)
+        plan = canary_plan(spec, Observed(
+            stable=current,
+            target=target,
+            candidate=candidate,
+            previous=previous_canary,
+            rejected=old_status.get("rejected") or {},
+            canary_ready=(candidate is not None and canary_rollout.complete
+                          and _template_uri(canary_deployment) == render.pinned_uri(candidate)),
+            canary_failure=canary_rollout.failure,
+            stable_version=_template_version(stable_deployment),
+            stable_complete=Rollout.from_deployment(stable_deployment).complete,
+            annotations=dict(meta.get("annotations") or {}),
+            router_problem=router_problem,
+        ), wall, verdict)
+
+        origins = {id(target): spec.model_uri, id(candidate): candidate_uri,
+                   id(current): previous_model.get("uri") or spec.model_uri}
+        canary_status = plan.status
+        deployment: dict[str, Any] | None = stable_deployment
+        if plan.stable is not None:
+            stable_replicas, canary_replicas = spec.replicas, 0
+            if plan.canary is not None and router == "replicas":
+                stable_replicas, canary_replicas = split_replicas(spec.replicas, plan.weight or _start_weight(spec))
+            elif plan.canary is not None:
+                canary_replicas = canary_replicas_for_route(spec.replicas, _max_weight(spec))
+            deployment = self.kube.apply(
+                render.render_deployment(owner, spec, plan.stable, self.settings, replicas=stable_replicas,
+                                         resolved_from=origins.get(id(plan.stable), candidate_uri)),
+                self.settings.field_manager)
             self.kube.apply(render.render_service(owner, self.settings), self.settings.field_manager)
-        else:
-            deployment = self.kube.get("apps/v1", "Deployment", namespace, render.deployment_name(owner))
+            if plan.canary is not None:
+                self.kube.apply(
+                    render.render_deployment(owner, spec, plan.canary, self.settings, track="canary",
+                                             replicas=canary_replicas, resolved_from=candidate_uri),
+                    self.settings.field_manager)
+            elif canary_deployment is not None:
+                self.kube.delete("apps/v1", "Deployment", namespace, render.deployment_name(owner, "canary"))
+                log.info("Deleted canary Deployment %s/%s", namespace, render.deployment_name(owner, "canary"))
+            self._apply_traffic(owner, spec, router, plan)
+            if canary_status is not None and router == "replicas":
+                # The Service spreads requests over ready pods: the split is the replica ratio.
+                ready = canary_status["phase"] not in (STARTING, PAUSED) or canary_status.get("weight")
+                canary_status["weight"] = effective_weight(stable_replicas, canary_replicas) if ready else 0
+                canary_status["replicas"] = {"stable": stable_replicas, "canary": canary_replicas}
+            if canary_status is not None:
+                canary_status["router"] = router
+                canary_status["desiredWeight"] = plan.weight
+                if canary_spec is not None and canary_spec.shadow:
+                    canary_status["mirrorPercent"] = canary_status["weight"]
+                    canary_status["weight"] = 0
 
         rollout = Rollout.from_deployment(deployment)
         previous_version = previous_model.get("version")
-        # What actually serves: the resolution, or (for a new URI that does not resolve) the old version.
-        serving = resolved or (ResolvedModel.from_status(previous_model)
-                               if rollout.exists and previous_version else None)
-        conditions = merge_conditions(
-            old_status.get("conditions"),
-            compute_conditions(serving, resolution.problem, rollout, previous_version),
-            now, generation)
+        serving = plan.stable or (ResolvedModel.from_status(previous_model)
+                                  if rollout.exists and previous_version else None)
+        problem = resolution.problem
+        conditions = compute_conditions(serving, problem, rollout, previous_version)
+        conditions = _canary_conditions(conditions, canary_spec, canary_status, plan.rejected,
+                                        canary_problem, router_problem if canary_spec else None)
+        conditions = merge_conditions(old_status.get("conditions"), conditions, now, generation)
         new_status: dict[str, Any] = {
             "observedGeneration": generation,
             "conditions": conditions,
@@ -189,17 +282,111 @@ class Reconciler:
             "updatedReplicas": rollout.updated,
             "selector": ",".join(f"{k}={v}" for k, v in render.selector_labels(owner).items()),
             "url": render.service_url(owner, self.settings),
+            "canary": canary_status,
+            "rejected": plan.rejected,
         }
-        if resolved is not None:
-            new_status["model"] = resolved.to_status(spec.model_uri)
+        if plan.finished is not None:
+            new_status["lastRollout"] = plan.finished
+        if plan.stable is not None:
+            new_status["model"] = plan.stable.to_status(origins.get(id(plan.stable), candidate_uri))
             change = old_status.get("lastVersionChange")
-            if previous_version and previous_version != resolved.version:
-                change = {"from": previous_version, "to": resolved.version, "time": now}
+            if previous_version and previous_version != plan.stable.version:
+                change = {"from": previous_version, "to": plan.stable.version, "time": now}
             if change:
                 new_status["lastVersionChange"] = change
+            if rollout.complete and _template_version(deployment) == plan.stable.version:
+                new_status["knownGoodVersion"] = plan.stable.version
         self._write_status(obj, old_status, new_status)
-        self._record_events(obj, old_status, resolved, conditions, now, spec)
-        return max(resolution.next_at - self.clock(), 0.5)
+        self._record_events(obj, old_status, plan.stable, conditions, now, spec)
+        for type_, reason, message in plan.events:
+            if reason == "RolledBack":
+                metrics.ROLLBACKS.inc()
+            elif reason == "Promoted":
+                metrics.PROMOTIONS.inc()
+            self._event(obj, type_, reason, message, now)
+        delays = [next_at - self.clock()]
+        if plan.requeue is not None:
+            delays.append(plan.requeue)
+        return max(min(delays), 0.5)
+
+    # -- canary helpers --------------------------------------------------------------------------
+    def _gateway_api_served(self) -> bool:
+        served, checked_at = self._gateway_api
+        if checked_at < 0 or self.clock() - checked_at > GATEWAY_API_RECHECK_SECONDS:
+            try:
+                served = self.kube.serves(render.GATEWAY_API_VERSION, "httproutes")
+            except KubeError as exc:
+                log.warning("Cannot tell whether the Gateway API is installed: %s", exc)
+                served = False
+            self._gateway_api = (served, self.clock())
+        return served
+
+    def _router(self, spec: DeploymentSpec) -> tuple[str, str | None]:
+        """The traffic router in effect and, when the spec's wish cannot be met, why."""
+        wanted = spec.traffic.router
+        if wanted == "replicas":
+            router = "replicas"
+        elif wanted == "gatewayAPI" or (wanted == "auto" and spec.traffic.parent_refs):
+            router = "gatewayAPI" if self._gateway_api_served() else "replicas"
+            if router == "replicas" and wanted == "gatewayAPI":
+                return router, ("spec.traffic.router is gatewayAPI but this cluster does not serve HTTPRoutes "
+                                "(gateway.networking.k8s.io/v1): install the Gateway API CRDs or use "
+                                "router: replicas; no canary traffic until then")
+        else:
+            router = "replicas"
+        if spec.canary is not None and spec.canary.shadow and router != "gatewayAPI":
+            return router, ("spec.canary.shadow mirrors requests through a Gateway API HTTPRoute, which is not "
+                            "available here (needs the HTTPRoute CRD and spec.traffic.gatewayAPI.parentRefs)")
+        return router, None
+
+    def _apply_traffic(self, owner: render.Owner, spec: DeploymentSpec, router: str, plan: CanaryPlan) -> None:
+        """The HTTPRoute and per-track Services (gatewayAPI), or their removal (replicas)."""
+        namespace = owner.namespace
+        if router == "gatewayAPI":
+            manager = self.settings.field_manager
+            self.kube.apply(render.render_service(owner, self.settings, "stable"), manager)
+            shadow = spec.canary is not None and spec.canary.shadow
+            if plan.canary is not None:
+                self.kube.apply(render.render_service(owner, self.settings, "canary"), manager)
+                route = render.render_http_route(owner, spec, plan.weight, shadow)
+            else:
+                route = render.render_http_route(owner, spec, None)
+            self.kube.apply(route, manager)
+            if plan.canary is None:
+                self._delete_if_present("v1", "Service", namespace, render.track_service_name(owner, "canary"))
+        elif self._gateway_api_served():
+            existing = self.kube.get(render.GATEWAY_API_VERSION, "HTTPRoute", namespace, render.route_name(owner))
+            if existing is not None and _owned_by(existing, owner):
+                self.kube.delete(render.GATEWAY_API_VERSION, "HTTPRoute", namespace, render.route_name(owner))
+                for track in ("stable", "canary"):
+                    self._delete_if_present("v1", "Service", namespace, render.track_service_name(owner, track))
+                log.info("Deleted HTTPRoute %s/%s (router is now replicas)", namespace, render.route_name(owner))
+
+    def _delete_if_present(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        existing = self.kube.get(api_version, kind, namespace, name)
+        if existing is not None:
+            self.kube.delete(api_version, kind, namespace, name)
+            log.info("Deleted %s %s/%s", kind, namespace, name)
+
+    def _analyse(self, spec: DeploymentSpec, owner: render.Owner, previous: dict[str, Any],
+                 candidate: ResolvedModel | None, wall: float) -> Verdict | None:
+        """Run the current step's analysis when it is due (and the candidate has not moved)."""
+        canary_spec = spec.canary
+        if canary_spec is None or canary_spec.analysis is None or candidate is None:
+            return None
+        if previous.get("version") != candidate.version:
+            return None
+        window = analysis_window(canary_spec, previous, wall)
+        if window is None:
+            return None
+        prometheus = Prometheus(canary_spec.analysis.prometheus_url, self.settings.prometheus_timeout_seconds)
+        verdict = evaluate(canary_spec.analysis, {
+            "namespace": owner.namespace, "name": owner.name, "model": candidate.name,
+            "version": candidate.version}, window, prometheus.query)
+        metrics.ANALYSES.labels(outcome=verdict.outcome).inc()
+        log.info("Analysis of %s/%s version %s: %s (%s)", owner.namespace, owner.name, candidate.version,
+                 verdict.outcome, verdict.message)
+        return verdict
 
     # -- status and events -----------------------------------------------------------------------
     def _write_status(self, obj: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -248,3 +435,55 @@ class Reconciler:
 def _find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
 
+
+
+def _template_uri(deployment: dict[str, Any] | None) -> str | None:
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    return ((template.get("metadata") or {}).get("annotations") or {}).get(render.ANNOTATION_MODEL_URI)
+
+
+def _template_version(deployment: dict[str, Any] | None) -> str | None:
+    uri = _template_uri(deployment)
+    return uri.rsplit("/", 1)[-1] if uri else None
+
+
+def _owned_by(obj: dict[str, Any], owner: render.Owner) -> bool:
+    return any(ref.get("uid") == owner.uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def _start_weight(spec: DeploymentSpec) -> int:
+    """The weight a canary starts with (replica ratio: its pods take traffic as soon as they are ready)."""
+    canary = spec.canary
+    if canary is None:
+        return 0
+    return canary.steps[0].weight if canary.steps else canary.weight
+
+
+def _max_weight(spec: DeploymentSpec) -> int:
+    canary = spec.canary
+    if canary is None:
+        return 0
+    return max([s.weight for s in canary.steps] or [canary.weight])
+
+
+def _canary_conditions(conditions: list[dict[str, Any]], canary_spec: Any, canary_status: dict[str, Any] | None,
+                       rejected: dict[str, Any] | None, canary_problem: Problem | None,
+                       router_problem: str | None) -> list[dict[str, Any]]:
+    """Progressing while a progressive rollout runs; Degraded after a rollback or when the canary can't run."""
+    by_type = {c["type"]: c for c in conditions}
+    if canary_status is not None and canary_spec is not None and canary_spec.progressive:
+        by_type[PROGRESSING] = condition(PROGRESSING, True, "CanaryRollout",
+                                         f"canary version {canary_status['version']}: {canary_status['message']}")
+    degraded = by_type.get(DEGRADED)
+    if degraded is not None and degraded["status"] != "True":
+        if router_problem:
+            by_type[DEGRADED] = condition(DEGRADED, True, "TrafficRouterUnavailable", router_problem)
+        elif canary_problem is not None:
+            by_type[DEGRADED] = condition(DEGRADED, True, canary_problem.reason,
+                                          f"spec.canary.model.uri: {canary_problem.message}")
+        elif rejected:
+            by_type[DEGRADED] = condition(DEGRADED, True, "RolledBack",
+                                          f"version {rejected.get('version')} was rolled back "
+                                          f"({rejected.get('reason')}); stable keeps serving until the "
+                                          "candidate moves to another version")
+    return [by_type[c["type"]] for c in conditions]

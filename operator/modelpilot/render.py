@@ -35,6 +35,7 @@ MANAGED_BY = "modelpilot"
 CONTAINER = "scoring-server"
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVICE_PORT = 80
+GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -100,9 +101,14 @@ def service_url(owner: Owner, settings: Settings) -> str:
     return f"http://{service_name(owner)}.{owner.namespace}.svc.{settings.cluster_domain}"
 
 
+def pinned_uri(resolved: ResolvedModel) -> str:
+    """The immutable URI of one resolved version, as the serving pod receives it."""
+    return f"models:/{resolved.name}/{resolved.version}"
+
+
 def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "MODELPILOT_MODEL_URI", "value": spec.model.pinned(resolved.version)},
+        {"name": "MODELPILOT_MODEL_URI", "value": pinned_uri(resolved)},
         {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri},
         {"name": "MODELPILOT_PORT", "value": str(settings.server_port)},
         {"name": "MODELPILOT_WORKERS", "value": str(spec.runtime.workers)},
@@ -147,8 +153,14 @@ def render_deployment(
     resolved: ResolvedModel,
     settings: Settings,
     track: str = "stable",
+    replicas: int | None = None,
+    resolved_from: str | None = None,
 ) -> dict[str, Any]:
-    """The Deployment that serves exactly `resolved` (never a floating alias)."""
+    """The Deployment of one track that serves exactly `resolved` (never a floating alias).
+
+    `replicas` overrides spec.replicas (a replica-ratio canary split); `resolved_from` is the URI the
+    version was resolved from (default spec.model.uri).
+    """
     gpu = spec.runtime.variant == "gpu"
     image = settings.server_image_gpu if gpu else settings.server_image_cpu
     pod_labels = {
@@ -158,8 +170,8 @@ def render_deployment(
         LABEL_MODEL_VERSION: label_value(resolved.version),
     }
     annotations = {
-        ANNOTATION_MODEL_URI: spec.model.pinned(resolved.version),
-        ANNOTATION_RESOLVED_FROM: spec.model_uri,
+        ANNOTATION_MODEL_URI: pinned_uri(resolved),
+        ANNOTATION_RESOLVED_FROM: resolved_from or spec.model_uri,
     }
     if resolved.source:
         annotations[ANNOTATION_SOURCE_URI] = resolved.source
@@ -169,7 +181,7 @@ def render_deployment(
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
-        "args": ["--model-uri", spec.model.pinned(resolved.version)],
+        "args": ["--model-uri", pinned_uri(resolved)],
         "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"}],
         "env": _env(spec, resolved, settings),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
@@ -217,7 +229,7 @@ def render_deployment(
             "ownerReferences": [owner.reference()],
         },
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": spec.replicas if replicas is None else replicas,
             "selector": {"matchLabels": selector_labels(owner, track)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
             "template": {
@@ -228,20 +240,76 @@ def render_deployment(
     }
 
 
-def render_service(owner: Owner, settings: Settings) -> dict[str, Any]:
-    """The Service applications call: port 80 → the scoring server's `http` port."""
+def render_service(owner: Owner, settings: Settings, track: str | None = None) -> dict[str, Any]:
+    """A Service: port 80 → the scoring server's `http` port.
+
+    Without `track` it is the Service applications call, selecting the pods of every track (so a
+    replica-ratio canary gets its share); with a track it selects only that track's pods, as the
+    backend of an HTTPRoute rule.
+    """
+    selector = {LABEL_DEPLOYMENT: owner.name}
+    labels = common_labels(owner)
+    if track is not None:
+        selector[LABEL_TRACK] = track
+        labels = {**labels, LABEL_TRACK: track}
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": service_name(owner),
+            "name": service_name(owner) if track is None else track_service_name(owner, track),
             "namespace": owner.namespace,
-            "labels": common_labels(owner),
+            "labels": labels,
             "ownerReferences": [owner.reference()],
         },
         "spec": {
             "type": "ClusterIP",
-            "selector": {LABEL_DEPLOYMENT: owner.name},
+            "selector": selector,
             "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
+    }
+
+
+def track_service_name(owner: Owner, track: str) -> str:
+    return f"{owner.name}-{track}"
+
+
+def route_name(owner: Owner) -> str:
+    return owner.name
+
+
+def render_http_route(owner: Owner, spec: DeploymentSpec, canary_weight: int | None, shadow: bool = False,
+                      ) -> dict[str, Any]:
+    """The HTTPRoute splitting requests between the stable and canary Services.
+
+    `canary_weight` None: no canary, everything to stable. With `shadow`, the canary gets no share of
+    the responses; instead `canary_weight` percent of requests are mirrored to it (responses discarded).
+    """
+    def backend(track: str, weight: int) -> dict[str, Any]:
+        return {"group": "", "kind": "Service", "name": track_service_name(owner, track),
+                "port": SERVICE_PORT, "weight": weight}
+
+    rule: dict[str, Any]
+    if canary_weight is None:
+        rule = {"backendRefs": [backend("stable", 100)]}
+    elif shadow:
+        rule = {"backendRefs": [backend("stable", 100)],
+                "filters": [{"type": "RequestMirror", "requestMirror": {
+                    "backendRef": {"group": "", "kind": "Service", "name": track_service_name(owner, "canary"),
+                                   "port": SERVICE_PORT},
+                    "percent": canary_weight}}]}
+    else:
+        rule = {"backendRefs": [backend("stable", 100 - canary_weight), backend("canary", canary_weight)]}
+    route_spec: dict[str, Any] = {"parentRefs": [dict(p) for p in spec.traffic.parent_refs], "rules": [rule]}
+    if spec.traffic.hostnames:
+        route_spec["hostnames"] = list(spec.traffic.hostnames)
+    return {
+        "apiVersion": GATEWAY_API_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": route_name(owner),
+            "namespace": owner.namespace,
+            "labels": common_labels(owner),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": route_spec,
     }

@@ -16,6 +16,7 @@ from .durations import parse_duration
 from .uri import InvalidModelURI, ModelRef, parse_model_uri
 
 VARIANTS = ("cpu", "gpu")
+ROUTERS = ("auto", "gatewayAPI", "replicas")
 #: Shortest refresh interval accepted: polling a registry faster than this only adds load.
 MIN_REFRESH_SECONDS = 1.0
 
@@ -40,6 +41,50 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class Step:
+    weight: int
+    #: How long the step holds before its analysis; None: until a manual promote.
+    pause_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    prometheus_url: str
+    max_error_rate: float | None
+    max_p99_latency_ms: float | None
+    #: Fewer canary requests than this in the window is "not enough data" (the rollout waits).
+    min_requests: int
+    #: PromQL range of each query; None: the step's pause.
+    window_seconds: float | None
+    #: PromQL templates overriding the defaults, keyed errorRate / p99LatencyMs / requests.
+    queries: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    #: The canary's own URI (e.g. @challenger); None: new versions of spec.model.uri are the canary.
+    model_uri: str | None
+    model: ModelRef | None
+    #: Percent of traffic for a manual canary.
+    weight: int
+    steps: tuple[Step, ...]
+    analysis: Analysis | None
+    #: Mirror the weight's share of requests to the canary instead of splitting traffic.
+    shadow: bool
+
+    @property
+    def progressive(self) -> bool:
+        return bool(self.steps)
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    router: str = "auto"
+    parent_refs: tuple[dict[str, Any], ...] = ()
+    hostnames: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     model_uri: str
     model: ModelRef
@@ -55,6 +100,8 @@ class DeploymentSpec:
     gpus: int
     node_selector: dict[str, str]
     tolerations: tuple[dict[str, Any], ...]
+    canary: CanarySpec | None = None
+    traffic: TrafficSpec = field(default_factory=TrafficSpec)
 
 
 def _dict(value: Any, path: str) -> dict[str, Any]:
@@ -141,6 +188,9 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
     if not isinstance(tolerations, list):
         raise InvalidSpec("spec.tolerations must be a list")
 
+    traffic = _traffic(spec.get("traffic"))
+    canary = _canary(spec.get("canary"), traffic, settings)
+
     return DeploymentSpec(
         model_uri=uri,
         model=ref,
@@ -154,4 +204,121 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         gpus=gpus,
         node_selector={str(k): str(v) for k, v in node_selector.items()},
         tolerations=tuple(tolerations),
+        canary=canary,
+        traffic=traffic,
+    )
+
+
+def _number(value: Any, path: str, minimum: float = 0.0) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise InvalidSpec(f"{path} must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _weight(value: Any, path: str) -> int:
+    weight = _int(value, path, 0)
+    if weight > 100:
+        raise InvalidSpec(f"{path} must be between 0 and 100, got {weight}")
+    return weight
+
+
+def _traffic(raw: Any) -> TrafficSpec:
+    traffic = _dict(raw, "spec.traffic")
+    router = traffic.get("router") or "auto"
+    if router not in ROUTERS:
+        raise InvalidSpec(f"spec.traffic.router must be one of {', '.join(ROUTERS)}, got {router!r}")
+    gateway = _dict(traffic.get("gatewayAPI"), "spec.traffic.gatewayAPI")
+    parents = gateway.get("parentRefs") or []
+    if not isinstance(parents, list) or not all(isinstance(p, dict) and p.get("name") for p in parents):
+        raise InvalidSpec("spec.traffic.gatewayAPI.parentRefs must be a list of {name, namespace, ...} objects")
+    hostnames = gateway.get("hostnames") or []
+    if not isinstance(hostnames, list) or not all(isinstance(h, str) for h in hostnames):
+        raise InvalidSpec("spec.traffic.gatewayAPI.hostnames must be a list of strings")
+    if router == "gatewayAPI" and not parents:
+        raise InvalidSpec("spec.traffic.router is gatewayAPI but spec.traffic.gatewayAPI.parentRefs is empty: "
+                          "name the Gateway the HTTPRoute attaches to")
+    return TrafficSpec(router=router, parent_refs=tuple(parents), hostnames=tuple(hostnames))
+
+
+def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | None:
+    if raw is None:
+        return None
+    canary = _dict(raw, "spec.canary")
+    model = _dict(canary.get("model"), "spec.canary.model")
+    uri = model.get("uri") or None
+    ref = None
+    if uri is not None:
+        try:
+            ref = parse_model_uri(uri)
+        except InvalidModelURI as exc:
+            raise InvalidSpec(f"spec.canary.model.uri: {exc}") from exc
+
+    raw_steps = canary.get("steps") or []
+    if not isinstance(raw_steps, list):
+        raise InvalidSpec("spec.canary.steps must be a list of {weight, pause}")
+    steps = []
+    for i, raw_step in enumerate(raw_steps):
+        step = _dict(raw_step, f"spec.canary.steps[{i}]")
+        pause = step.get("pause")
+        try:
+            seconds = None if pause in (None, "") else parse_duration(pause)
+        except ValueError as exc:
+            raise InvalidSpec(f"spec.canary.steps[{i}].pause: {exc}") from exc
+        steps.append(Step(weight=_weight(step.get("weight"), f"spec.canary.steps[{i}].weight"),
+                          pause_seconds=seconds))
+    if uri is None and not steps:
+        raise InvalidSpec("spec.canary needs model.uri (a manual canary at spec.canary.weight) or steps "
+                          "(a progressive rollout of each new version)")
+
+    analysis = None
+    raw_analysis = canary.get("analysis")
+    if raw_analysis is not None:
+        a = _dict(raw_analysis, "spec.canary.analysis")
+        if not steps:
+            raise InvalidSpec("spec.canary.analysis runs between steps: set spec.canary.steps too")
+        url = a.get("prometheusUrl") or settings.default_prometheus_url
+        if not url:
+            raise InvalidSpec("spec.canary.analysis.prometheusUrl is not set and the operator has no default "
+                              "(MODELPILOT_DEFAULT_PROMETHEUS_URL)")
+        if not str(url).startswith(("http://", "https://")):
+            raise InvalidSpec(f"spec.canary.analysis.prometheusUrl must be an http(s) URL, got {url!r}")
+        max_error = _number(a.get("maxErrorRate"), "spec.canary.analysis.maxErrorRate")
+        if max_error is not None and max_error > 1:
+            raise InvalidSpec(f"spec.canary.analysis.maxErrorRate is a share between 0 and 1, got {max_error:g}")
+        max_p99 = _number(a.get("maxP99LatencyMs"), "spec.canary.analysis.maxP99LatencyMs")
+        if max_error is None and max_p99 is None:
+            raise InvalidSpec("spec.canary.analysis needs maxErrorRate or maxP99LatencyMs (or both)")
+        window = a.get("window")
+        try:
+            window_seconds = None if window in (None, "") else parse_duration(window)
+        except ValueError as exc:
+            raise InvalidSpec(f"spec.canary.analysis.window: {exc}") from exc
+        queries = _dict(a.get("queries"), "spec.canary.analysis.queries")
+        unknown = set(queries) - {"errorRate", "p99LatencyMs", "requests"}
+        if unknown or not all(isinstance(q, str) and q.strip() for q in queries.values()):
+            extra = f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""
+            raise InvalidSpec("spec.canary.analysis.queries takes non-empty PromQL strings under errorRate, "
+                              f"p99LatencyMs and requests{extra}")
+        analysis = Analysis(
+            prometheus_url=str(url).rstrip("/"),
+            max_error_rate=max_error,
+            max_p99_latency_ms=max_p99,
+            min_requests=_int(a.get("minRequests"), "spec.canary.analysis.minRequests", 10),
+            window_seconds=window_seconds,
+            queries={str(k): str(v) for k, v in queries.items()},
+        )
+
+    shadow = bool(canary.get("shadow", False))
+    if shadow and traffic.router == "replicas":
+        raise InvalidSpec("spec.canary.shadow mirrors requests with the Gateway API; it cannot work with "
+                          "spec.traffic.router: replicas")
+    return CanarySpec(
+        model_uri=uri,
+        model=ref,
+        weight=_weight(canary.get("weight"), "spec.canary.weight"),
+        steps=tuple(steps),
+        analysis=analysis,
+        shadow=shadow,
     )

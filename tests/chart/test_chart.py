@@ -33,8 +33,9 @@ OPERATOR_NEEDS = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},  # kopf's resource discovery
     ("modelpilot.dev", "modeldeployments"): {"get", "list", "watch"},
     ("modelpilot.dev", "modeldeployments/status"): {"patch"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
-    ("", "services"): {"create", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
 }

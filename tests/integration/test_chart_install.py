@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from hack.devenv import ControlPlane, MlflowServer
+from hack.devenv import ControlPlane, MlflowServer, wait_for
 from modelpilot.kube import Kube
 from tests.chart.test_chart import OPERATOR_NEEDS
-from tests.helpers import REPO, Operator, Registry, apply, mdep_manifest, wait_event, wait_ready
+from tests.helpers import MDEP, REPO, Operator, Registry, apply, mdep_manifest, wait_event, wait_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -97,6 +97,23 @@ def test_operator_scenario_with_the_charts_serviceaccount(
         new = registry.register(model_name, alias="champion", seed=1)
         wait_ready(kube, namespace, "m", operator=limited, version=new)
         assert "Resolved" in {e["reason"] for e in wait_event(kube, namespace, "m", "VersionChanged")}
+        # a canary through the Gateway API, then its removal, then the switch to the replica router:
+        # HTTPRoute and per-track Services are created, patched and deleted under the chart's RBAC
+        registry.set_alias(model_name, "challenger", "1")
+        canary = mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s",
+                               registry={"credentialsSecretRef": {"name": "mlflow-auth"}},
+                               traffic={"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}},
+                               canary={"model": {"uri": f"models:/{model_name}@challenger"}, "weight": 20})
+        control_plane.kubectl("replace", "-f", "-", input=json.dumps(canary))
+        wait_for(lambda: ((kube.get(*MDEP, namespace, "m") or {}).get("status") or {}).get("canary", {}).get(
+            "phase") == "Manual", 60, f"the manual canary\n{limited.logs()}")
+        del canary["spec"]["canary"]
+        control_plane.kubectl("replace", "-f", "-", input=json.dumps(canary))
+        wait_for(lambda: kube.get("apps/v1", "Deployment", namespace, "m-canary") is None, 60, "canary removed")
+        canary["spec"]["traffic"] = {"router": "replicas"}
+        control_plane.kubectl("replace", "-f", "-", input=json.dumps(canary))
+        wait_for(lambda: kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "m") is None, 60,
+                 "the HTTPRoute to be removed")
         # an unresolvable URI: the operator only reads the (missing) Deployment and reports
         apply(control_plane, mdep_manifest("typo", namespace, f"models:/{model_name}@no-such-alias"))
         wait_event(kube, namespace, "typo", "ModelNotFound", "Warning")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hack.devenv import ControlPlane
-from tests.helpers import apply, mdep_manifest
+from modelpilot.config import Settings
+from modelpilot.spec import parse_spec
+from tests.helpers import REPO, apply, mdep_manifest
 
 pytestmark = pytest.mark.cluster
 
@@ -67,3 +72,18 @@ def test_explain_reads_descriptions(control_plane: ControlPlane) -> None:
     assert "models:/NAME@ALIAS" in out
     out = control_plane.kubectl("explain", "mdep.spec.refreshInterval").stdout
     assert "re-resolved" in out
+
+
+EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if "kind: ModelDeployment" in p.read_text())
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_modeldeployment_is_accepted_by_the_api_server_and_the_operator(
+        control_plane: ControlPlane, path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "ModelDeployment"]
+    assert docs
+    for doc in docs:
+        doc["metadata"]["namespace"] = "default"
+        out = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(doc), check=False)
+        assert out.returncode == 0, f"{path.name}: {out.stderr}"
+        parse_spec(doc["spec"], Settings(default_tracking_uri="http://mlflow:5000"))  # raises InvalidSpec

@@ -39,12 +39,18 @@ app.kubernetes.io/component: operator
 - apiGroups: ["modelpilot.dev"]
   resources: ["modeldeployments/status"]
   verbs: ["patch"]
+# Serving Deployments (stable and canary tracks); a finished canary's Deployment is deleted.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The Service applications call, and per-track Services behind an HTTPRoute.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
+# Canary traffic splits and shadow traffic through the Gateway API (only used when it is installed).
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]

@@ -1,0 +1,460 @@
+"""Canary splits and progressive rollouts, on the real control plane with the official Gateway API CRDs.
+
+Promotion and rollback are decided by real metrics: each canary version also runs as a real
+`modelpilot-serve` process (kwok pods execute nothing), a real Prometheus (Debian's) scrapes it with
+the `namespace` label a PodMonitor would add, the test sends it requests, and the operator's default
+queries judge it. A healthy RandomForest version is promoted; a version that fails for half of its
+inputs, or answers slowly, is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from hack.devenv import ControlPlane, MlflowServer, PrometheusServer, free_port, wait_for
+from hack.sample_model import register_faulty
+from modelpilot.canary import effective_weight, split_replicas
+from modelpilot.kube import Kube
+from tests.helpers import MDEP, Operator, Registry, apply, condition, events_for, mdep_manifest, wait_event, wait_ready
+
+pytestmark = pytest.mark.cluster
+
+FEATURES = 4  # tests.helpers.Registry.register trains on 4 columns
+PARENT = {"name": "public", "namespace": "infra"}
+GATEWAY = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [PARENT]}}
+
+
+class ScoringServer:
+    """A real scoring server for one registered version, scraped by Prometheus, with a request loop."""
+
+    def __init__(self, tracking_uri: str, model: str, version: str, namespace: str, prometheus: PrometheusServer,
+                 log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.target = f"{namespace}-{model}-{version}"
+        self.prometheus = prometheus
+        self.codes: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modelpilot_serve.cli", "--model-uri", f"models:/{model}/{version}",
+             "--host", "127.0.0.1", "--port", str(self.port), "--cache-dir", str(log.parent / f"cache-{self.port}")],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115 - owned by the child
+            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, start_new_session=True)
+        self.log = log
+        wait_for(self._ready, 120, f"scoring server for {model}/{version}")
+        prometheus.add_target(self.target, f"127.0.0.1:{self.port}", {"namespace": namespace})
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"scoring server exited:\n{self.log.read_text(errors='replace')[-3000:]}")
+        try:
+            return requests.get(self.url + "/v2/health/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start_load(self, per_second: float = 25) -> None:
+        """Requests with random rows, as production traffic would look, until stop()."""
+        def loop() -> None:
+            rng = random.Random(0)
+            while not self._stop.is_set():
+                row = [rng.gauss(0, 1) for _ in range(FEATURES)]
+                body = {"dataframe_split": {"columns": [f"f{i}" for i in range(FEATURES)], "data": [row]}}
+                try:
+                    self.codes[requests.post(self.url + "/invocations", json=body, timeout=10).status_code] += 1
+                except requests.RequestException:
+                    self.codes[0] += 1
+                self._stop.wait(1 / per_second)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+        self.prometheus.remove_target(self.target)
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def serve(mlflow_server: MlflowServer, prometheus: PrometheusServer, namespace: str,
+          tmp_path: Path) -> Iterator[Callable[[str, str], ScoringServer]]:
+    servers: list[ScoringServer] = []
+
+    def start(model: str, version: str) -> ScoringServer:
+        server = ScoringServer(mlflow_server.url, model, version, namespace, prometheus,
+                               tmp_path / f"serve-{model}-{version}.log")
+        servers.append(server)
+        server.start_load()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# -- reading what the operator wrote ------------------------------------------------------------------
+def get_mdep(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    obj = kube.get(*MDEP, namespace, name)
+    assert obj is not None
+    return obj
+
+
+def canary_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return dict((get_mdep(kube, namespace, name).get("status") or {}).get("canary") or {})
+
+
+def route_weights(kube: Kube, namespace: str, name: str) -> dict[str, int]:
+    route = kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, name)
+    assert route is not None, "the HTTPRoute exists"
+    assert [(r["name"], r.get("namespace")) for r in route["spec"]["parentRefs"]] == [("public", "infra")]
+    return {b["name"]: b.get("weight", 1) for b in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def replicas(kube: Kube, namespace: str, name: str) -> tuple[int | None, int | None]:
+    stable = kube.get("apps/v1", "Deployment", namespace, name)
+    canary = kube.get("apps/v1", "Deployment", namespace, f"{name}-canary")
+    return (stable["spec"]["replicas"] if stable else None, canary["spec"]["replicas"] if canary else None)
+
+
+def serving_version(kube: Kube, namespace: str, name: str, track: str = "") -> str | None:
+    dep = kube.get("apps/v1", "Deployment", namespace, f"{name}-{track}" if track else name)
+    return dep["spec"]["template"]["metadata"]["labels"]["modelpilot.dev/model-version"] if dep else None
+
+
+def wait_canary(kube: Kube, namespace: str, name: str, what: str, check: Callable[[dict[str, Any]], bool],
+                operator: Operator, timeout: float = 90) -> dict[str, Any]:
+    def seen() -> dict[str, Any] | None:
+        obj = get_mdep(kube, namespace, name)
+        return obj if check(obj.get("status") or {}) else None
+
+    try:
+        return dict(wait_for(seen, timeout, what))
+    except TimeoutError as exc:
+        status = (kube.get(*MDEP, namespace, name) or {}).get("status")
+        raise AssertionError(f"{exc}\nstatus: {json.dumps(status, indent=1)}\n{operator.logs(80)}") from None
+
+
+def reasons(kube: Kube, namespace: str, name: str) -> list[str]:
+    return [e["reason"] for e in sorted(events_for(kube, namespace, name),
+                                        key=lambda e: e.get("lastTimestamp") or "")]
+
+
+def analysis(prometheus: PrometheusServer, **limits: Any) -> dict[str, Any]:
+    return {"prometheusUrl": prometheus.url, "minRequests": 5, **limits}
+
+
+# -- progressive rollout: promote ---------------------------------------------------------------------
+def test_progressive_rollout_walks_httproute_weights_and_promotes_a_healthy_version(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str, prometheus: PrometheusServer, serve: Callable[[str, str], ScoringServer]) -> None:
+    v1 = registry.register(model_name, alias="champion", seed=0)
+    steps = [{"weight": 20, "pause": "5s"}, {"weight": 60, "pause": "5s"}]
+    apply(control_plane, mdep_manifest(
+        "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", replicas=2, traffic=GATEWAY,
+        canary={"steps": steps, "analysis": analysis(prometheus, maxErrorRate=0.05, maxP99LatencyMs=2000)}))
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+    assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 100}
+
+    v2 = registry.register(model_name, seed=1)
+    canary_server = serve(model_name, v2)
+    registry.set_alias(model_name, "champion", v2)
+
+    seen_steps: dict[int, dict[str, int]] = {}
+
+    def promoted(status: dict[str, Any]) -> bool:
+        canary = status.get("canary") or {}
+        if canary.get("phase") == "Running" and canary.get("step") not in seen_steps:
+            # the route is applied before the status that reports it
+            seen_steps[canary["step"]] = route_weights(kube, namespace, "fraud")
+            assert canary["weight"] == steps[canary["step"] - 1]["weight"], canary
+            assert canary["router"] == "gatewayAPI"
+            assert (status.get("model") or {}).get("version") == v1, "stable stays on v1 while the canary runs"
+            assert condition({"status": status}, "Progressing")["reason"] == "CanaryRollout"
+        return (status.get("lastRollout") or {}).get("result") == "Promoted" and not canary
+
+    obj = wait_canary(kube, namespace, "fraud", "the canary to be promoted", promoted, operator, timeout=120)
+    assert seen_steps == {1: {"fraud-stable": 80, "fraud-canary": 20}, 2: {"fraud-stable": 40, "fraud-canary": 60}}
+    status = obj["status"]
+    assert status["model"]["version"] == v2 and status["lastRollout"]["version"] == v2
+    assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 100}
+    assert serving_version(kube, namespace, "fraud") == v2
+    assert kube.get("apps/v1", "Deployment", namespace, "fraud-canary") is None
+    assert kube.get("v1", "Service", namespace, "fraud-canary") is None
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v2)
+    assert (kube.get(*MDEP, namespace, "fraud") or {})["status"]["knownGoodVersion"] == v2
+    events = reasons(kube, namespace, "fraud")
+    assert events.count("CanaryStep") == 2 and "Promoting" in events and "Promoted" in events, events
+    step_events = [e["message"] for e in events_for(kube, namespace, "fraud") if e["reason"] == "CanaryStep"]
+    assert any("step 1 passed: errorRate 0" in m for m in step_events), step_events
+    assert canary_server.codes[200] > 20 and set(canary_server.codes) == {200}
+
+
+# -- progressive rollout: roll back on real metrics ---------------------------------------------------
+@pytest.mark.parametrize(("router", "fault", "limits", "failed_metric"), [
+    pytest.param("replicas", {"fail_share": 0.5}, {"maxErrorRate": 0.05}, "errorRate", id="errors-replica-ratio"),
+    pytest.param("gatewayAPI", {"delay_ms": 250}, {"maxP99LatencyMs": 100}, "p99LatencyMs", id="slow-httproute"),
+])
+def test_a_bad_version_is_rolled_back_and_not_retried_until_the_alias_moves(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str, prometheus: PrometheusServer, mlflow_server: MlflowServer,
+        serve: Callable[[str, str], ScoringServer], router: str, fault: dict[str, float], limits: dict[str, float],
+        failed_metric: str) -> None:
+    v1 = registry.register(model_name, alias="champion", seed=0)
+    traffic = GATEWAY if router == "gatewayAPI" else {"router": "replicas"}
+    manifest = mdep_manifest(
+        "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", replicas=4, traffic=traffic,
+        canary={"steps": [{"weight": 25, "pause": "5s"}, {"weight": 50, "pause": "5s"}],
+                "analysis": analysis(prometheus, **limits)})
+    apply(control_plane, manifest)
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+
+    bad = register_faulty(mlflow_server.url, model_name, features=FEATURES, **fault)
+    server = serve(model_name, bad)
+    registry.set_alias(model_name, "champion", bad)
+
+    def at_step_one(status: dict[str, Any]) -> bool:
+        return (status.get("canary") or {}).get("phase") == "Running"
+
+    wait_canary(kube, namespace, "fraud", "the bad version to run as canary", at_step_one, operator)
+    if router == "replicas":
+        assert replicas(kube, namespace, "fraud") == (3, 1)
+        assert canary_status(kube, namespace, "fraud")["weight"] == 25
+        assert kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "fraud") is None
+    else:
+        assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 75, "fraud-canary": 25}
+        assert replicas(kube, namespace, "fraud") == (4, 2)  # the canary is sized for its largest step
+
+    obj = wait_canary(kube, namespace, "fraud", "the rollback",
+                      lambda s: (s.get("lastRollout") or {}).get("result") == "RolledBack", operator, timeout=90)
+    status = obj["status"]
+    assert status["rejected"]["version"] == bad and failed_metric in status["rejected"]["reason"], status
+    assert "canary" not in status
+    assert condition(obj, "Degraded")["reason"] == "RolledBack"
+    wait_for(lambda: replicas(kube, namespace, "fraud") == (4, None), 30, "canary removed, stable back to 4")
+    # stable keeps serving v1 (Ready may blink while the stable track scales back from 3 to 4 pods)
+    obj = wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+    assert condition(obj, "Degraded")["reason"] == "RolledBack", "Ready and Degraded: serving, not the alias"
+    assert serving_version(kube, namespace, "fraud") == v1
+    if router == "gatewayAPI":
+        assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 100}
+    rolled = [e for e in events_for(kube, namespace, "fraud") if e["reason"] == "RolledBack"]
+    assert len(rolled) == 1 and rolled[0]["type"] == "Warning" and failed_metric in rolled[0]["message"]
+    if failed_metric == "errorRate":
+        assert server.codes[500] > 0, "the faulty version really failed requests"
+
+    # The alias still points at the rejected version: several refreshes later nothing was retried.
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        assert canary_status(kube, namespace, "fraud") == {}, "a rejected version is not retried"
+        time.sleep(0.5)
+
+    # The alias moves on: the new version gets its own rollout (and the rejection is lifted).
+    v3 = registry.register(model_name, alias="champion", seed=2)
+    obj = wait_canary(kube, namespace, "fraud", "the next version to start as canary",
+                      lambda s: (s.get("canary") or {}).get("version") == v3, operator)
+    assert "rejected" not in obj["status"]
+    assert condition(obj, "Degraded")["status"] == "False"
+
+    # Deleting the canary section sends everything to stable, which now follows the alias directly.
+    del manifest["spec"]["canary"]
+    control_plane.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v3)
+    wait_for(lambda: replicas(kube, namespace, "fraud") == (4, None), 30, "the canary Deployment to go")
+    assert canary_status(kube, namespace, "fraud") == {}
+    assert "CanaryRemoved" in reasons(kube, namespace, "fraud")
+
+
+# -- safety: restart, missing data, manual promote/abort --------------------------------------------
+def test_operator_restart_mid_rollout_resumes_at_the_same_step_and_manual_promote(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    v1 = registry.register(model_name, alias="champion", seed=0)
+    apply(control_plane, mdep_manifest(
+        "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", traffic=GATEWAY,
+        canary={"steps": [{"weight": 10, "pause": "20s"}, {"weight": 50}]}))
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+    v2 = registry.register(model_name, alias="champion", seed=1)
+
+    obj = wait_canary(kube, namespace, "fraud", "step 1", lambda s: (s.get("canary") or {}).get("phase") == "Running",
+                      operator)
+    before = obj["status"]["canary"]
+    assert before["step"] == 1 and route_weights(kube, namespace, "fraud") == {"fraud-stable": 90, "fraud-canary": 10}
+    operator.restart()
+    # The restarted operator picks up the rollout where it was: same step, same step clock, same weights.
+    time.sleep(3)  # let it reconcile (the check below is about what it did NOT change)
+    after = canary_status(kube, namespace, "fraud")
+    assert (after["step"], after["stepStartedAt"], after["phase"]) == (1, before["stepStartedAt"], "Running")
+    assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 90, "fraud-canary": 10}
+
+    # Step 2 has no pause: it holds until a person promotes this exact version.
+    wait_canary(kube, namespace, "fraud", "step 2 waiting for promotion",
+                lambda s: (s.get("canary") or {}).get("phase") == "WaitingForPromotion", operator)
+    assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 50, "fraud-canary": 50}
+    control_plane.kubectl("annotate", "mdep", "fraud", "-n", namespace, f"modelpilot.dev/promote={v2}")
+    obj = wait_canary(kube, namespace, "fraud", "promotion",
+                      lambda s: (s.get("lastRollout") or {}).get("result") == "Promoted", operator)
+    assert obj["status"]["model"]["version"] == v2
+    assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 100}
+    assert "PromotionRequested" in reasons(kube, namespace, "fraud")
+
+
+def test_missing_metrics_never_promote_and_abort_rolls_back(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    v1 = registry.register(model_name, alias="champion", seed=0)
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens: Prometheus is "down"
+    apply(control_plane, mdep_manifest(
+        "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", traffic={"router": "replicas"},
+        replicas=2, canary={"steps": [{"weight": 50, "pause": "2s"}],
+                            "analysis": {"prometheusUrl": nowhere, "maxErrorRate": 0.01}}))
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+    v2 = registry.register(model_name, alias="champion", seed=1)
+
+    obj = wait_canary(kube, namespace, "fraud", "an inconclusive analysis",
+                      lambda s: (s.get("canary") or {}).get("phase") == "Inconclusive", operator)
+    assert "cannot be reached" in obj["status"]["canary"]["message"]
+    events = wait_event(kube, namespace, "fraud", "AnalysisInconclusive", "Warning")
+    assert any(nowhere in e["message"] for e in events if e["reason"] == "AnalysisInconclusive")
+    time.sleep(4)  # more than the step's pause and a retry: still not promoted
+    obj = get_mdep(kube, namespace, "fraud")
+    assert obj["status"]["model"]["version"] == v1 and obj["status"]["canary"]["version"] == v2
+    assert replicas(kube, namespace, "fraud") == (1, 1)
+
+    control_plane.kubectl("annotate", "mdep", "fraud", "-n", namespace, f"modelpilot.dev/abort={v2}")
+    obj = wait_canary(kube, namespace, "fraud", "the abort",
+                      lambda s: (s.get("rejected") or {}).get("version") == v2, operator)
+    assert "annotation" in obj["status"]["rejected"]["reason"]
+    wait_for(lambda: replicas(kube, namespace, "fraud") == (2, None), 30, "the canary to be removed")
+    assert serving_version(kube, namespace, "fraud") == v1
+
+
+def test_registry_outage_pauses_a_rollout_and_it_resumes(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str, model_name: str,
+        tmp_path: Path) -> None:
+    own = MlflowServer(tmp_path, name="mlflow-canary-outage")
+    own.start()
+    try:
+        reg = Registry(own.url)
+        v1 = reg.register(model_name, alias="champion", seed=0)
+        apply(control_plane, mdep_manifest(
+            "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", traffic=GATEWAY,
+            registry={"trackingUri": own.url},
+            canary={"steps": [{"weight": 30, "pause": "4s"}, {"weight": 60, "pause": "4s"}]}))
+        wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+        v2 = reg.register(model_name, alias="champion", seed=1)
+        wait_canary(kube, namespace, "fraud", "step 1", lambda s: (s.get("canary") or {}).get("step") == 1
+                    and s["canary"].get("phase") == "Running", operator)
+        own.stop()
+        obj = wait_canary(kube, namespace, "fraud", "the rollout to pause",
+                          lambda s: (s.get("canary") or {}).get("phase") == "Paused", operator)
+        assert obj["status"]["canary"]["step"] == 1
+        assert condition(obj, "ModelResolved")["reason"] == "RegistryUnreachable"
+        weights = route_weights(kube, namespace, "fraud")
+        time.sleep(6)  # longer than the step's pause: nothing moves while the registry is away
+        assert canary_status(kube, namespace, "fraud")["step"] == 1
+        assert route_weights(kube, namespace, "fraud") == weights == {"fraud-stable": 70, "fraud-canary": 30}
+        own.start()
+        obj = wait_canary(kube, namespace, "fraud", "the resumed rollout to finish",
+                          lambda s: (s.get("lastRollout") or {}).get("result") == "Promoted", operator, timeout=90)
+        assert obj["status"]["model"]["version"] == v2
+    finally:
+        own.stop()
+
+
+# -- manual canary and shadow traffic -----------------------------------------------------------------
+def test_manual_canary_by_replica_ratio_reports_the_effective_weight(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    v1 = registry.register(model_name, alias="champion", seed=0)
+    v2 = registry.register(model_name, alias="challenger", seed=1)
+    manifest = mdep_manifest("fraud", namespace, f"models:/{model_name}@champion", replicas=3,
+                             traffic={"router": "replicas"},
+                             canary={"model": {"uri": f"models:/{model_name}@challenger"}, "weight": 50})
+    apply(control_plane, manifest)
+    obj = wait_canary(kube, namespace, "fraud", "the manual canary",
+                      lambda s: (s.get("canary") or {}).get("phase") == "Manual", operator)
+    stable, canary = split_replicas(3, 50)
+    assert replicas(kube, namespace, "fraud") == (stable, canary) == (1, 2)
+    status = obj["status"]["canary"]
+    assert (status["version"], status["desiredWeight"], status["weight"]) == (v2, 50, effective_weight(1, 2)) == (
+        v2, 50, 67)
+    assert serving_version(kube, namespace, "fraud") == v1
+    assert serving_version(kube, namespace, "fraud", "canary") == v2
+    svc = kube.get("v1", "Service", namespace, "fraud")
+    assert svc is not None and svc["spec"]["selector"] == {"modelpilot.dev/deployment": "fraud"}, "both tracks"
+    printed = control_plane.kubectl("get", "mdep", "fraud", "-n", namespace).stdout
+    assert "CANARY" in printed and " 67 " in printed, printed
+
+    del manifest["spec"]["canary"]
+    control_plane.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    wait_for(lambda: replicas(kube, namespace, "fraud") == (3, None), 30, "all traffic back to stable")
+    assert canary_status(kube, namespace, "fraud") == {}
+
+
+def test_manual_canary_and_shadow_traffic_through_the_gateway_api(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    registry.register(model_name, alias="champion", seed=0)
+    v2 = registry.register(model_name, alias="challenger", seed=1)
+    manifest = mdep_manifest("fraud", namespace, f"models:/{model_name}@champion", traffic=GATEWAY,
+                             canary={"model": {"uri": f"models:/{model_name}@challenger"}, "weight": 30,
+                                     "shadow": True})
+    apply(control_plane, manifest)
+    obj = wait_canary(kube, namespace, "fraud", "the shadow canary",
+                      lambda s: (s.get("canary") or {}).get("phase") == "Manual", operator)
+    assert (obj["status"]["canary"]["mirrorPercent"], obj["status"]["canary"]["weight"]) == (30, 0)
+    route = kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "fraud")
+    assert route is not None
+    rule = route["spec"]["rules"][0]
+    assert [b["name"] for b in rule["backendRefs"]] == ["fraud-stable"], "responses come from stable only"
+    assert rule["filters"] == [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"group": "", "kind": "Service", "name": "fraud-canary", "port": 80}, "percent": 30}}]
+    canary_svc = kube.get("v1", "Service", namespace, "fraud-canary")
+    assert canary_svc is not None and canary_svc["spec"]["selector"]["modelpilot.dev/track"] == "canary"
+
+    manifest["spec"]["canary"]["shadow"] = False
+    control_plane.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    wait_for(lambda: route_weights(kube, namespace, "fraud") == {"fraud-stable": 70, "fraud-canary": 30}, 30,
+             "a 70/30 split")
+    assert "filters" not in (kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "fraud") or {})[
+        "spec"]["rules"][0]
+    assert serving_version(kube, namespace, "fraud", "canary") == v2
+
+    # Switching the router to replicas removes the operator's HTTPRoute and per-track Services.
+    manifest["spec"]["traffic"] = {"router": "replicas"}
+    control_plane.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    wait_for(lambda: kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "fraud") is None, 30,
+             "the HTTPRoute to be removed")
+    wait_for(lambda: kube.get("v1", "Service", namespace, "fraud-stable") is None, 30, "track Services removed")
+    assert kube.get("v1", "Service", namespace, "fraud") is not None
+
+
+def test_gateway_api_router_without_parent_refs_is_refused(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str, model_name: str) -> None:
+    out = apply(control_plane, mdep_manifest("fraud", namespace, f"models:/{model_name}@champion",
+                                             canary={"weight": 10}))
+    assert out.returncode != 0 and "spec.canary" in out.stderr, out.stderr
+    apply(control_plane, mdep_manifest("g", namespace, f"models:/{model_name}@champion",
+                                       traffic={"router": "gatewayAPI"}))
+    obj = wait_canary(kube, namespace, "g", "InvalidSpec",
+                      lambda s: condition({"status": s}, "Ready").get("reason") == "InvalidSpec", operator)
+    assert "parentRefs" in condition(obj, "Ready")["message"]
