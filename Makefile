@@ -24,7 +24,7 @@ venv: $(VENV)/.installed ## create .venv with the operator and the dev/test depe
 binaries: ## build (or reuse) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm
 	bash hack/build-binaries.sh
 
-dev-up: venv ## start the local control plane + MLflow; writes $(STATE)/kubeconfig and $(STATE)/env
+dev-up: venv system-packages ## start the local control plane, its real node and MLflow; writes $(STATE)/kubeconfig and $(STATE)/env
 	$(PY) -m hack.devenv up --state $(STATE)
 
 dev-down: ## stop the local control plane, MLflow and a `make run` operator
@@ -39,7 +39,7 @@ install: ## apply the CRDs to the current kubectl context
 run: venv ## run the operator locally against $(STATE) (foreground; Ctrl-C to stop)
 	source $(STATE)/env && $(PY) -m modelpilot.cli --all-namespaces
 
-demo: venv ## the whole story: control plane + registry + sample model + operator + ModelDeployment
+demo: venv system-packages ## the whole story: control plane + real node + registry + model + operator + a prediction through the Service
 	$(PY) -m hack.demo --state $(STATE)
 
 lint: venv ## ruff + mypy (strict)
@@ -49,8 +49,8 @@ lint: venv ## ruff + mypy (strict)
 unit: venv ## fast tests only (no cluster, no registry)
 	$(VENV)/bin/pytest tests/unit -q
 
-system-packages: ## Debian packages the tests run for real (prometheus), installed when missing
-	bash hack/system-packages.sh
+system-packages: ## Debian packages the tests run for real (prometheus; containerd, runc, CNI, buildah, ... for the real node)
+	bash hack/system-packages.sh --node
 
 test: venv binaries system-packages lint ## the whole test suite, against a real control plane and a real MLflow
 	$(VENV)/bin/pytest -v --durations=15 $(PYTEST_ARGS)

@@ -19,8 +19,8 @@ KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.21.4}
 GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
 CACHE=${MODELPILOT_CACHE:-$HOME/.cache/modelpilot}
-# Which Kubernetes commands to build; kubelet and kube-proxy are only needed for the real node.
-K8S_CMDS=${K8S_CMDS:-"kube-apiserver kube-controller-manager kube-scheduler kubectl"}
+# Which Kubernetes commands to build (kubelet and kube-proxy run the real node).
+K8S_CMDS=${K8S_CMDS:-"kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"}
 
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 log() { echo "[build-binaries] $*" >&2; }

@@ -1,10 +1,12 @@
 """`make demo`: the product story on this machine, from nothing.
 
-1. start the local control plane (built from source) and an MLflow registry (sqlite);
+1. start the local control plane (built from source), its real node (kubelet + containerd, running the
+   scoring-server image built here by buildah) and an MLflow registry (sqlite);
 2. train and register `fraud-detector`, point alias `champion` at it;
-3. start the operator and apply examples/modeldeployment.yaml;
-4. wait until it serves, show `kubectl get mdep`;
-5. register a better model, move `champion` in the registry, and watch the Deployment follow.
+3. start the operator and apply examples/modeldeployment.yaml (placed on the real node);
+4. wait until it serves, show `kubectl get mdep`, and ask the Service for a prediction;
+5. register a better model, move `champion` in the registry, watch the pods follow, and end with a
+   prediction of the new version, fetched through the Service.
 
 Everything keeps running afterwards (`source .dev/env; kubectl get mdep`); `make dev-down` stops it.
 """
@@ -17,7 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from hack.devenv import REPO, Processes, free_port, up, wait_for
+import numpy as np
+import requests
+import yaml
+
+from hack.devenv import REPO, ControlPlane, Processes, free_port, up, wait_for
+from hack.realnode import node_selector, tolerations
 from hack.sample_model import register
 
 MODEL = "fraud-detector"
@@ -34,47 +41,72 @@ def main(argv: list[str] | None = None) -> int:
     state.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    say("Starting the local control plane and the MLflow registry")
-    cp, mlflow = up(state)
+    say("Starting the local control plane, its real node and the MLflow registry")
+    env = up(state)
+    cp, tracking_uri = env.cp, env.tracking_uri
 
-    def kubectl(*args: str) -> str:
-        return cp.kubectl(*args).stdout
+    def kubectl(*args: str, input: str | None = None) -> str:
+        return cp.kubectl(*args, input=input).stdout
 
     say(f"Registering {MODEL} in MLflow and pointing alias 'champion' at it")
-    first = register(mlflow.url, MODEL, "champion", trees=50, seed=0)
+    first = register(tracking_uri, MODEL, "champion", trees=50, seed=0)
     print(f"{MODEL} version {first} <- champion")
 
     say("Starting the operator (logs: .dev/operator/logs/operator.log)")
     ops = Processes(state / "operator")
     ops.stop("operator")
+    settings = {"KUBECONFIG": str(cp.kubeconfig_path), "MODELPILOT_DEFAULT_TRACKING_URI": tracking_uri}
+    if env.image:
+        settings.update(MODELPILOT_SERVER_IMAGE_CPU=env.image, MODELPILOT_SERVER_IMAGE_PULL_POLICY="Never")
     ops.start("operator", [sys.executable, "-m", "modelpilot.cli", "--all-namespaces",
-                           "--liveness-port", str(free_port()), "--metrics-port", str(free_port())],
-              env={"KUBECONFIG": str(cp.kubeconfig_path), "MODELPILOT_DEFAULT_TRACKING_URI": mlflow.url})
+                           "--liveness-port", str(free_port()), "--metrics-port", str(free_port())], env=settings)
 
-    say("kubectl apply -f examples/modeldeployment.yaml")
-    print(kubectl("apply", "-f", str(REPO / "examples" / "modeldeployment.yaml")), end="")
+    say("kubectl apply -f examples/modeldeployment.yaml  (+ nodeSelector/tolerations of the local real node)")
+    manifest = yaml.safe_load((REPO / "examples" / "modeldeployment.yaml").read_text())
+    if env.image:
+        manifest["spec"].update(nodeSelector=node_selector(), tolerations=tolerations())
+    print(kubectl("apply", "-f", "-", input=json.dumps(manifest)), end="")
 
     def ready_version() -> str | None:
         obj = json.loads(kubectl("get", "mdep", "fraud", "-o", "json"))
         conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
         return obj["status"]["model"]["version"] if conds.get("Ready") == "True" else None
 
-    wait_for(ready_version, 120, "the ModelDeployment to become Ready")
-    print(kubectl("get", "mdep,deployment,service,pods", "-l", "modelpilot.dev/deployment=fraud"), end="")
+    wait_for(ready_version, 300, "the ModelDeployment to become Ready (pods download and load the model)")
+    print(kubectl("get", "mdep,deployment,service,pods", "-o", "wide", "-l", "modelpilot.dev/deployment=fraud"),
+          end="")
     print(kubectl("get", "mdep"), end="")
+    if env.image:
+        predict(cp)
 
     say("Registering a new version and moving 'champion' to it in MLflow")
-    second = register(mlflow.url, MODEL, "champion", trees=50, seed=1)
+    second = register(tracking_uri, MODEL, "champion", trees=50, seed=1)
     print(f"{MODEL} version {second} <- champion; the operator re-resolves every refreshInterval (10s)")
     moved = time.monotonic()
-    wait_for(lambda: ready_version() == second, 120, "the rollout of the new version")
+    wait_for(lambda: ready_version() == second, 300, "the rollout of the new version")
     print(f"followed the alias in {time.monotonic() - moved:.1f}s")
     print(kubectl("get", "events", "--field-selector", "involvedObject.kind=ModelDeployment"), end="")
 
     say(f"Done in {time.monotonic() - started:.0f}s. Everything keeps running:")
     print(f"  source {state / 'env'} && kubectl get mdep      # make dev-down stops it\n")
-    print(kubectl("get", "mdep"), end="")
+    print(kubectl("get", "mdep,pods", "-o", "wide"), end="")
+    if env.image:
+        predict(cp)
     return 0
+
+
+def predict(cp: ControlPlane) -> None:
+    """POST two rows to the Service's ClusterIP (kube-proxy routes it to a serving pod) and print the answer."""
+    svc = json.loads(cp.kubectl("get", "service", "fraud", "-o", "json").stdout)
+    url = f"http://{svc['spec']['clusterIP']}/invocations"
+    rows = np.random.default_rng(42).normal(size=(2, 20)).round(3).tolist()
+    body = {"dataframe_split": {"columns": [f"f{i}" for i in range(20)], "data": rows}}
+    say(f"curl -X POST {url} -H 'Content-Type: application/json' -d '{{\"dataframe_split\": ...2 rows}}'")
+    resp = requests.post(url, json=body, timeout=30)
+    version = json.loads(cp.kubectl("get", "mdep", "fraud", "-o", "json").stdout)["status"]["model"]["version"]
+    print(f"HTTP {resp.status_code} from the Service (version {version} serving): {resp.text}")
+    if resp.status_code != 200:
+        raise SystemExit("the Service did not answer with a prediction")
 
 
 if __name__ == "__main__":

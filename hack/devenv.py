@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -381,11 +382,14 @@ def kwok_node(name: str, gpus: int) -> dict[str, Any]:
 class MlflowServer:
     """`mlflow server` on sqlite with proxied artifacts (`mlflow-artifacts:/…` sources)."""
 
-    def __init__(self, state: Path, name: str = "mlflow", admin_password: str | None = None) -> None:
-        """With `admin_password`, run MLflow's basic-auth app (user `admin`)."""
+    def __init__(self, state: Path, name: str = "mlflow", admin_password: str | None = None,
+                 host: str = "127.0.0.1") -> None:
+        """With `admin_password`, run MLflow's basic-auth app (user `admin`). `host` is the address to
+        listen on: 0.0.0.0 when pods on the real node must reach it (at the node bridge's address)."""
         self.dir = state / name
         self.name = name
         self.admin_password = admin_password
+        self.host = host
         self.procs = Processes(self.dir)
         self.port_path = self.dir / "port"
 
@@ -433,7 +437,7 @@ class MlflowServer:
         self.procs.start("mlflow", [
             str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.dir / 'mlflow.db'}",
             "--artifacts-destination", str(self.dir / "artifacts"), "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *auth,
+            "--host", self.host, "--port", str(port), "--workers", "1", *auth,
         ], env=env)
         wait_for(self.healthy, 120, f"mlflow server on port {port}\n{self.procs.log_tail('mlflow')}")
         log(f"mlflow server ready at {self.url} in {time.monotonic() - started:.1f}s")
@@ -504,29 +508,54 @@ class PrometheusServer:
 
 
 # -- CLI -------------------------------------------------------------------------------------------
-def up(state: Path) -> tuple[ControlPlane, MlflowServer]:
+@dataclass
+class DevEnv:
+    cp: ControlPlane
+    mlflow: MlflowServer
+    #: The tracking URI to hand to the operator and pods (reachable from pods on the real node).
+    tracking_uri: str
+    #: The scoring-server image imported into the real node's containerd (None without a real node).
+    image: str | None
+
+
+def up(state: Path, real_node: bool = True) -> DevEnv:
     bin_dir = ensure_binaries()
     cp = ControlPlane(state, bin_dir)
     cp.start()
     cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    mlflow = MlflowServer(state)
-    mlflow.start()
+    image = None
+    if real_node:
+        from hack.realnode import BRIDGE_IP, RealNode
+
+        image = RealNode(cp).start()
+        mlflow = MlflowServer(state, host="0.0.0.0")
+        mlflow.start()
+        tracking_uri = f"http://{BRIDGE_IP}:{mlflow.port}"
+    else:
+        mlflow = MlflowServer(state)
+        mlflow.start()
+        tracking_uri = mlflow.url
     shutil.copy(cp.kubeconfig_path, state / "kubeconfig")
     (state / "kubeconfig").chmod(0o600)
     (state / "env").write_text(
         f"export KUBECONFIG={state / 'kubeconfig'}\n"
-        f"export MLFLOW_TRACKING_URI={mlflow.url}\n"
-        f"export MODELPILOT_DEFAULT_TRACKING_URI={mlflow.url}\n"
-        f"export PATH={bin_dir}:$PATH\n")
+        f"export MLFLOW_TRACKING_URI={tracking_uri}\n"
+        f"export MODELPILOT_DEFAULT_TRACKING_URI={tracking_uri}\n"
+        + (f"export MODELPILOT_SERVER_IMAGE_CPU={image}\nexport MODELPILOT_SERVER_IMAGE_PULL_POLICY=Never\n"
+           if image else "")
+        + f"export PATH={bin_dir}:$PATH\n")
     log(f"ready: source {state / 'env'}")
-    return cp, mlflow
+    return DevEnv(cp, mlflow, tracking_uri, image)
 
 
 def down(state: Path) -> None:
-    MlflowServer(state).stop()
-    ControlPlane(state).stop()
+    from hack.realnode import RealNode
+
     for pidfile in (state / "operator" / "pids").glob("*.pid") if (state / "operator").exists() else []:
         Processes(state / "operator").stop(pidfile.stem)
+    MlflowServer(state).stop()
+    RealNode(ControlPlane(state)).stop()
+    ControlPlane(state).stop()
     log("stopped")
 
 
@@ -535,6 +564,10 @@ def status(state: Path) -> int:
     ok_cp, ok_ml = cp.healthy(), mlflow.healthy()
     print(f"control plane: {'running at ' + cp.server if ok_cp else 'stopped'}")
     print(f"mlflow:        {'running at ' + mlflow.url if ok_ml else 'stopped'}")
+    if ok_cp:
+        from hack.realnode import NODE_NAME, RealNode
+
+        print(f"real node:     {NODE_NAME + ' Ready' if RealNode(cp).ready() else 'not running'}")
     return 0 if ok_cp and ok_ml else 1
 
 
@@ -542,11 +575,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hack.devenv", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "build"])
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state directory (default .dev)")
+    parser.add_argument("--no-real-node", action="store_true",
+                        help="kwok nodes only (no kubelet/containerd node, no image build)")
     args = parser.parse_args(argv)
     state = args.state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     if args.command == "up":
-        up(state)
+        up(state, real_node=not args.no_real_node)
     elif args.command == "down":
         down(state)
     elif args.command == "build":

@@ -1,0 +1,3 @@
+module modelpilot.dev/pause
+
+go 1.26

@@ -1,0 +1,362 @@
+"""One real node for the local control plane: pods that actually run the scoring-server image.
+
+Why: kwok nodes run nothing. This node is a kubelet built from the same Kubernetes sources as the
+control plane, Debian's containerd (CRI) with runc, Debian's CNI plugins (bridge + host-local) and
+kube-proxy (iptables) for Service ClusterIPs, all as plain processes with private state, on a machine
+with no Docker engine and no image registry. Images are built without Docker: a Debian root
+filesystem from debootstrap becomes a local base image, buildah builds `serving-image/Dockerfile` on
+it (the same file users build with Docker), and the OCI archive is imported into containerd. The
+sandbox ("pause") image is a tiny Go binary built here (hack/pause).
+
+The node is tainted `modelpilot.dev/real-node=true:NoSchedule`: only pods that tolerate it (the
+end-to-end tests, the demo) land here; everything else keeps using the kwok nodes.
+
+Caches (outside the repo, `~/.cache/modelpilot/images`): the base root filesystem (keyed by suite)
+and the serving image (keyed by a hash of its inputs: Dockerfile, pyproject.toml, operator/ and
+serving-image/ sources), so a warm start only imports archives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from hack.devenv import REPO, ControlPlane, Processes, free_port, kubeconfig, log, wait_for
+
+CACHE = Path(os.environ.get("MODELPILOT_CACHE", Path.home() / ".cache" / "modelpilot"))
+IMAGES = CACHE / "images"
+NODE_NAME = "real-node-0"
+TAINT = {"key": "modelpilot.dev/real-node", "value": "true", "effect": "NoSchedule"}
+#: Pods on the real node get addresses from this range; the host side of the bridge is .1.
+POD_CIDR = "10.88.0.0/16"
+BRIDGE = "mp0"
+BRIDGE_IP = "10.88.0.1"
+PAUSE_IMAGE = "localhost/modelpilot/pause:1"
+BASE_IMAGE = "localhost/modelpilot/debian-python:bookworm"
+SERVING_REPO = "localhost/modelpilot/scoring-server"
+#: The inputs of the serving image: a change in any of them gives a new tag.
+IMAGE_INPUTS = ("serving-image", "operator", "pyproject.toml", "README.md")
+
+
+def run(*argv: str | Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], check=True, text=True, capture_output=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def tolerations() -> list[dict[str, str]]:
+    """What a ModelDeployment needs in spec.tolerations (with spec.nodeSelector) to run here."""
+    return [{**TAINT, "operator": "Equal"}]
+
+
+def node_selector() -> dict[str, str]:
+    return {"modelpilot.dev/real-node": "true"}
+
+
+# -- images ----------------------------------------------------------------------------------------
+def _buildah(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    storage = IMAGES / "buildah"
+    return run("buildah", "--root", storage / "root", "--runroot", storage / "run", *args,
+               env={"STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"})
+
+
+def _image_exists(name: str) -> bool:
+    out = subprocess.run(["buildah", "--root", IMAGES / "buildah" / "root", "--runroot", IMAGES / "buildah" / "run",
+                          "images", "-q", name], capture_output=True, text=True,
+                         env={**os.environ, "STORAGE_DRIVER": "vfs"})
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def serving_image_tag() -> str:
+    """A content hash of everything the serving image is built from."""
+    digest = hashlib.sha256()
+    for item in IMAGE_INPUTS:
+        root = REPO / item
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
+                                                     and "__pycache__" not in p.parts and ".egg-info" not in str(p))
+        for path in files:
+            digest.update(str(path.relative_to(REPO)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def build_pause_image(bin_dir: Path) -> Path:
+    archive = IMAGES / "pause-1.tar"
+    if archive.exists():
+        return archive
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    binary = IMAGES / "pause"
+    run("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", binary, ".", cwd=REPO / "hack" / "pause",
+        env={"CGO_ENABLED": "0", "GOTOOLCHAIN": "local"})
+    container = _buildah("from", "scratch").stdout.strip()
+    _buildah("copy", container, binary, "/pause")
+    _buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container)
+    _buildah("commit", "-q", container, PAUSE_IMAGE)
+    _buildah("push", PAUSE_IMAGE, f"oci-archive:{archive}.tmp:{PAUSE_IMAGE}")
+    Path(f"{archive}.tmp").rename(archive)
+    return archive
+
+
+def build_base_image() -> None:
+    """Debian bookworm (minbase + python3, venv, CA certificates) from debootstrap, as a local image."""
+    if _image_exists(BASE_IMAGE):
+        return
+    started = time.monotonic()
+    rootfs = IMAGES / "debian-bookworm-rootfs"
+    tarball = IMAGES / "debian-bookworm-rootfs.tar"
+    if not tarball.exists():
+        shutil.rmtree(rootfs, ignore_errors=True)
+        log("debootstrap: building a Debian bookworm root filesystem (about a minute)")
+        run("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm",
+            rootfs, "http://deb.debian.org/debian")
+        run("tar", "-C", rootfs, "-cf", f"{tarball}.tmp", ".")
+        Path(f"{tarball}.tmp").rename(tarball)
+        shutil.rmtree(rootfs, ignore_errors=True)
+    container = _buildah("from", "scratch").stdout.strip()
+    _buildah("add", container, tarball, "/")
+    _buildah("commit", "-q", container, BASE_IMAGE)
+    log(f"base image {BASE_IMAGE} in {time.monotonic() - started:.0f}s")
+
+
+def build_serving_image() -> tuple[str, Path]:
+    """The scoring-server image from serving-image/Dockerfile, built by buildah; (name, OCI archive)."""
+    tag = serving_image_tag()
+    image = f"{SERVING_REPO}:{tag}"
+    archive = IMAGES / f"scoring-server-{tag}.tar"
+    if archive.exists():
+        return image, archive
+    build_base_image()
+    started = time.monotonic()
+    log(f"buildah: building {image} from serving-image/Dockerfile (a few minutes cold)")
+    # Package traffic goes through a TLS-intercepting proxy whose CA only the host trusts: mount the
+    # host's bundle (and pip's config pointing at it) into the build, never into the image.
+    mounts: list[str] = []
+    for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf"):
+        if Path(path).exists():
+            mounts += ["-v", f"{path}:{path}:ro"]
+    _buildah("bud", "-q", "--layers", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *mounts,
+             "-f", REPO / "serving-image" / "Dockerfile", "-t", image, REPO)
+    for old in IMAGES.glob("scoring-server-*.tar"):
+        old.unlink()  # one cached archive: the current inputs
+    _buildah("push", image, f"oci-archive:{archive}.tmp:{image}")
+    Path(f"{archive}.tmp").rename(archive)
+    log(f"serving image {image} built in {time.monotonic() - started:.0f}s")
+    return image, archive
+
+
+# -- the node --------------------------------------------------------------------------------------
+def node_certificate(pki: Path, name: str) -> None:
+    """A client certificate for the kubelet: CN system:node:<name>, O system:nodes (the Node authorizer)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    file = pki / f"node-{name}"
+    if file.with_suffix(".crt").exists():
+        return
+    ca_key: Any = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{name}"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes")])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    file.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    file.with_suffix(".key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    file.with_suffix(".key").chmod(0o600)
+
+
+class RealNode:
+    """containerd + kubelet + kube-proxy for one node of a running ControlPlane."""
+
+    COMPONENTS = ("containerd", "kubelet", "kube-proxy")
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.dir = cp.state.parent / "node"
+        self.procs = Processes(self.dir)
+        self.sock = self.dir / "containerd.sock"
+        self.image: str | None = None
+
+    @property
+    def runc_root(self) -> Path:
+        return self.dir / "runc"
+
+    def ctr(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return run("ctr", "--address", self.sock, "--namespace", "k8s.io", *args)
+
+    def ready(self) -> bool:
+        out = self.cp.kubectl("get", "node", NODE_NAME, "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        conditions = json.loads(out.stdout).get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def start(self) -> str:
+        """Start (or keep) the node; return the serving image name, imported and ready to run."""
+        assert self.cp.bin is not None
+        subprocess.run(["bash", str(REPO / "hack" / "system-packages.sh"), "--node"], check=True)
+        image, archive = build_serving_image()
+        pause = build_pause_image(self.cp.bin)
+        self.image = image
+        if all(self.procs.alive(c) for c in self.COMPONENTS) and self.ready():
+            self._import(archive, image)
+            return image
+        self.stop()
+        started = time.monotonic()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._network()
+        self._start_containerd()
+        self._import(pause, PAUSE_IMAGE)
+        self._import(archive, image)
+        self._start_kubelet()
+        self._start_kube_proxy()
+        wait_for(self.ready, 120, f"node {NODE_NAME} Ready\n{self.procs.log_tail('kubelet', 40)}")
+        log(f"real node {NODE_NAME} ready in {time.monotonic() - started:.1f}s (image {image})")
+        return image
+
+    def _import(self, archive: Path, name: str) -> None:
+        if name in self.ctr("images", "ls", "-q").stdout.split():
+            return
+        self.ctr("images", "import", "--no-unpack", archive)
+        self.ctr("images", "ls")  # fails loudly if containerd lost it
+        log(f"imported {name} into containerd")
+
+    def _network(self) -> None:
+        """The pod bridge, created up front with the host's address on it, so the host (MLflow, the
+        operator) can be reached from pods at BRIDGE_IP before the first pod exists."""
+        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
+            run("ip", "link", "add", BRIDGE, "type", "bridge")
+        with contextlib.suppress(subprocess.CalledProcessError):
+            run("ip", "addr", "add", f"{BRIDGE_IP}/16", "dev", BRIDGE)
+        run("ip", "link", "set", BRIDGE, "up")
+        for knob, value in (("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")):
+            path = Path("/proc/sys") / knob
+            if not path.exists() and "bridge" in knob:
+                subprocess.run(["modprobe", "br_netfilter"], capture_output=True)
+            with contextlib.suppress(OSError):
+                path.write_text(value)
+        cni = self.dir / "cni"
+        cni.mkdir(parents=True, exist_ok=True)
+        (cni / "10-modelpilot.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "modelpilot",
+            "plugins": [
+                {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True, "hairpinMode": True,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": BRIDGE_IP}]],
+                          "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.dir / "cni-ipam")}},
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        }, indent=1))
+
+    def _start_containerd(self) -> None:
+        config = self.dir / "containerd.toml"
+        config.write_text(f"""version = 2
+root = "{self.dir / 'containerd-root'}"
+state = "{self.dir / 'containerd-state'}"
+[grpc]
+  address = "{self.sock}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # This machine lets no process lower its oom_score_adj (the kubelet asks -998 for sandboxes).
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{self.runc_root}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{self.dir / 'cni'}"
+""")
+        self.procs.start("containerd", ["containerd", "--config", str(config)])
+        wait_for(lambda: self.sock.exists() and subprocess.run(
+            ["ctr", "--address", str(self.sock), "version"], capture_output=True).returncode == 0, 60,
+            f"containerd\n{self.procs.log_tail('containerd')}")
+
+    def _start_kubelet(self) -> None:
+        assert self.cp.bin is not None
+        pki = self.cp.pki
+        node_certificate(pki, NODE_NAME)
+        kcfg = self.dir / "kubelet.kubeconfig"
+        kcfg.write_text(json.dumps(kubeconfig(self.cp.server, pki, f"node-{NODE_NAME}")))
+        kcfg.chmod(0o600)
+        config = self.dir / "kubelet.yaml"
+        config.write_text(json.dumps({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                               "x509": {"clientCAFile": str(pki / "ca.crt")}},
+            "authorization": {"mode": "AlwaysAllow"},
+            "address": "127.0.0.1", "port": free_port(), "readOnlyPort": 0, "healthzPort": 0,
+            "containerRuntimeEndpoint": f"unix://{self.sock}",
+            # This machine has cgroup v1 and no systemd: cgroupfs, no per-QoS hierarchy.
+            "cgroupDriver": "cgroupfs", "failCgroupV1": False, "cgroupsPerQOS": False,
+            "enforceNodeAllocatable": [], "failSwapOn": False, "localStorageCapacityIsolation": False,
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+            "serializeImagePulls": False, "registerWithTaints": [TAINT], "resolvConf": "",
+            "staticPodPath": "", "podCIDR": POD_CIDR, "maxPods": 50,
+            "syncFrequency": "5s", "nodeStatusUpdateFrequency": "5s",
+        }))
+        self.procs.start("kubelet", [
+            str(self.cp.bin / "kubelet"), f"--config={config}", f"--kubeconfig={kcfg}",
+            f"--root-dir={self.dir / 'kubelet'}", f"--hostname-override={NODE_NAME}", f"--node-ip={BRIDGE_IP}",
+            "--node-labels=modelpilot.dev/real-node=true", "--v=1",
+        ])
+
+    def _start_kube_proxy(self) -> None:
+        assert self.cp.bin is not None
+        config = self.dir / "kube-proxy.yaml"
+        kcfg = self.dir / "kube-proxy.kubeconfig"
+        kcfg.write_text(json.dumps(kubeconfig(self.cp.server, self.cp.pki)))
+        kcfg.chmod(0o600)
+        config.write_text(json.dumps({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "mode": "iptables", "clusterCIDR": POD_CIDR, "hostnameOverride": NODE_NAME,
+            "clientConnection": {"kubeconfig": str(kcfg)},
+            "bindAddress": "127.0.0.1", "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            "conntrack": {"maxPerCore": 0}, "iptables": {"syncPeriod": "1s", "minSyncPeriod": "0s"},
+        }))
+        self.procs.start("kube-proxy", [str(self.cp.bin / "kube-proxy"), f"--config={config}", "--v=1"])
+
+    def stop(self) -> None:
+        self.procs.stop("kube-proxy")
+        self.procs.stop("kubelet")
+        # Containers outlive containerd (their shims are detached): kill them through runc first.
+        for root in glob.glob(str(self.runc_root / "*")):
+            out = subprocess.run(["runc", "--root", root, "list", "-q"], capture_output=True, text=True)
+            for cid in out.stdout.split():
+                subprocess.run(["runc", "--root", root, "kill", cid, "KILL"], capture_output=True)
+                subprocess.run(["runc", "--root", root, "delete", "--force", cid], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-f", f"containerd-shim-runc-v2 .*-address {self.sock}"],
+                       capture_output=True)
+        self.procs.stop("containerd")
+        for mount in reversed(_mounts_under(self.dir)):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    prefix = str(root) + "/"
+    return [line.split()[1] for line in lines if line.split()[1].startswith(prefix)]
