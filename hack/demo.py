@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import requests
 import yaml
 
@@ -99,7 +98,8 @@ def predict(cp: ControlPlane) -> None:
     """POST two rows to the Service's ClusterIP (kube-proxy routes it to a serving pod) and print the answer."""
     svc = json.loads(cp.kubectl("get", "service", "fraud", "-o", "json").stdout)
     url = f"http://{svc['spec']['clusterIP']}/invocations"
-    rows = np.random.default_rng(42).normal(size=(2, 20)).round(3).tolist()
+    # one clearly positive and one clearly negative case (the sample model's label follows f0 + f1/2)
+    rows = [[2.0, 1.0] + [0.1] * 18, [-2.0, -1.0] + [0.1] * 18]
     body = {"dataframe_split": {"columns": [f"f{i}" for i in range(20)], "data": rows}}
     say(f"curl -X POST {url} -H 'Content-Type: application/json' -d '{{\"dataframe_split\": ...2 rows}}'")
     resp = requests.post(url, json=body, timeout=30)

@@ -43,8 +43,9 @@ BRIDGE_IP = "10.88.0.1"
 PAUSE_IMAGE = "localhost/modelpilot/pause:1"
 BASE_IMAGE = "localhost/modelpilot/debian-python:bookworm"
 SERVING_REPO = "localhost/modelpilot/scoring-server"
-#: The inputs of the serving image: a change in any of them gives a new tag.
-IMAGE_INPUTS = ("serving-image", "operator", "pyproject.toml", "README.md")
+#: The inputs of the serving image: a change in any of them gives a new tag. (README.md is copied
+#: into the build only as package metadata: editing it does not warrant a rebuild.)
+IMAGE_INPUTS = ("serving-image", "operator", "pyproject.toml")
 
 
 def run(*argv: str | Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
