@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries system-packages dev-up dev-down dev-status install run demo test lint unit bench image image-gpu kind-demo clean
+.PHONY: help venv binaries system-packages images dev-up dev-down dev-status install run demo test lint unit bench image image-gpu kind-demo clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,7 +52,10 @@ unit: venv ## fast tests only (no cluster, no registry)
 system-packages: ## Debian packages the tests run for real (prometheus; containerd, runc, CNI, buildah, ... for the real node)
 	bash hack/system-packages.sh --node
 
-test: venv binaries system-packages lint ## the whole test suite, against a real control plane and a real MLflow
+images: venv system-packages ## build (or reuse) the real node's pause and scoring-server images, without Docker
+	$(PY) -m hack.realnode images
+
+test: venv binaries system-packages images lint ## the whole test suite, against a real control plane and a real MLflow
 	$(VENV)/bin/pytest -v --durations=15 $(PYTEST_ARGS)
 
 MLSERVER_VENV := .bench/mlserver-venv

@@ -89,7 +89,7 @@ def serving_image_tag() -> str:
     return digest.hexdigest()[:12]
 
 
-def build_pause_image(bin_dir: Path) -> Path:
+def build_pause_image() -> Path:
     archive = IMAGES / "pause-1.tar"
     if archive.exists():
         return archive
@@ -213,7 +213,7 @@ class RealNode:
         assert self.cp.bin is not None
         subprocess.run(["bash", str(REPO / "hack" / "system-packages.sh"), "--node"], check=True)
         image, archive = build_serving_image()
-        pause = build_pause_image(self.cp.bin)
+        pause = build_pause_image()
         self.image = image
         if all(self.procs.alive(c) for c in self.COMPONENTS) and self.ready():
             self._import(archive, image)
@@ -361,3 +361,21 @@ def _mounts_under(root: Path) -> list[str]:
         return []
     prefix = str(root) + "/"
     return [line.split()[1] for line in lines if line.split()[1].startswith(prefix)]
+
+
+def main() -> int:
+    """`python -m hack.realnode images`: build (or reuse) the pause and scoring-server images."""
+    import sys
+
+    if sys.argv[1:] != ["images"]:
+        print("usage: python -m hack.realnode images", file=sys.stderr)
+        return 2
+    subprocess.run(["bash", str(REPO / "hack" / "system-packages.sh"), "--node"], check=True)
+    build_pause_image()
+    image, archive = build_serving_image()
+    print(f"{image} {archive}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

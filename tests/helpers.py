@@ -97,6 +97,14 @@ def apply(cp: ControlPlane, manifest: dict[str, Any]) -> subprocess.CompletedPro
     return cp.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=False)
 
 
+def reapply(cp: ControlPlane, manifest: dict[str, Any]) -> None:
+    """Apply a changed manifest (a field deleted from it is removed: kubectl's last-applied state).
+
+    Not `kubectl replace`: a replace races the operator's status writes (409 Conflict)."""
+    out = apply(cp, manifest)
+    assert out.returncode == 0, out.stderr
+
+
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
         if cond["type"] == type_:

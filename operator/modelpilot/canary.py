@@ -165,6 +165,9 @@ def analysis_window(canary: CanarySpec, previous: dict[str, Any], now: float) ->
     deadline = step_deadline(canary, previous)
     if deadline is None or now < deadline or canary.analysis is None:
         return None
+    last = parse_time((previous.get("analysis") or {}).get("time"))
+    if previous.get("phase") == INCONCLUSIVE and last is not None and now < last + RETRY_SECONDS:
+        return None  # ask Prometheus again after RETRY_SECONDS, not on every event
     if canary.analysis.window_seconds:
         return canary.analysis.window_seconds
     pause = canary.steps[int(previous.get("step", 1)) - 1].pause_seconds or 0.0
@@ -321,6 +324,13 @@ def _progressive(canary: CanarySpec, obs: Observed, now: float, verdict: Verdict
             result.requeue = deadline - now
             return result
         if canary.analysis is not None:
+            if verdict is None and phase == INCONCLUSIVE:
+                # between retries of an inconclusive analysis: hold, say nothing new
+                result.weight = weight
+                result.status = _status(cand, previous, INCONCLUSIVE, weight, now, previous.get("message", ""))
+                last = parse_time((previous.get("analysis") or {}).get("time")) or now
+                result.requeue = max(last + RETRY_SECONDS - now, 1.0)
+                return result
             if verdict is None or verdict.outcome == "inconclusive":
                 message = verdict.message if verdict else "analysis pending"
                 result.weight = weight

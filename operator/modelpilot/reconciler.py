@@ -190,21 +190,7 @@ class Reconciler:
             target = ResolvedModel.from_status(previous_model)
         current = ResolvedModel.from_status(previous_model) if previous_model.get("version") else None
 
-        # The canary candidate: the canary URI's version, else (progressive) spec.model.uri's version.
-        canary_spec = spec.canary
-        candidate: ResolvedModel | None = None
-        candidate_uri = spec.model_uri
-        canary_problem: Problem | None = None
-        next_at = resolution.next_at
-        if canary_spec is not None and canary_spec.model is not None and canary_spec.model_uri:
-            candidate_uri = canary_spec.model_uri
-            canary_resolution = self._resolve(key, spec, canary_spec.model_uri, canary_spec.model, "canary")
-            next_at = min(next_at, canary_resolution.next_at)
-            canary_problem = canary_resolution.problem
-            candidate = canary_resolution.resolved if canary_problem is None or not canary_spec.progressive \
-                else None
-        elif canary_spec is not None:
-            candidate = resolution.resolved if resolution.problem is None else None
+        candidate, candidate_uri, canary_problem, next_at = self._candidate(key, spec, resolution)
 
         stable_deployment = self.kube.get("apps/v1", "Deployment", namespace, render.deployment_name(owner))
         canary_deployment = self.kube.get("apps/v1", "Deployment", namespace,
@@ -231,39 +217,11 @@ class Reconciler:
 
         origins = {id(target): spec.model_uri, id(candidate): candidate_uri,
                    id(current): previous_model.get("uri") or spec.model_uri}
-        canary_status = plan.status
-        deployment: dict[str, Any] | None = stable_deployment
+        deployment, canary_status = stable_deployment, plan.status
         if plan.stable is not None:
-            stable_replicas, canary_replicas = spec.replicas, 0
-            if plan.canary is not None and router == "replicas":
-                stable_replicas, canary_replicas = split_replicas(spec.replicas, plan.weight or _start_weight(spec))
-            elif plan.canary is not None:
-                canary_replicas = canary_replicas_for_route(spec.replicas, _max_weight(spec))
-            deployment = self.kube.apply(
-                render.render_deployment(owner, spec, plan.stable, self.settings, replicas=stable_replicas,
-                                         resolved_from=origins.get(id(plan.stable), candidate_uri)),
-                self.settings.field_manager)
-            self.kube.apply(render.render_service(owner, self.settings), self.settings.field_manager)
-            if plan.canary is not None:
-                self.kube.apply(
-                    render.render_deployment(owner, spec, plan.canary, self.settings, track="canary",
-                                             replicas=canary_replicas, resolved_from=candidate_uri),
-                    self.settings.field_manager)
-            elif canary_deployment is not None:
-                self.kube.delete("apps/v1", "Deployment", namespace, render.deployment_name(owner, "canary"))
-                log.info("Deleted canary Deployment %s/%s", namespace, render.deployment_name(owner, "canary"))
-            self._apply_traffic(owner, spec, router, plan)
-            if canary_status is not None and router == "replicas":
-                # The Service spreads requests over ready pods: the split is the replica ratio.
-                ready = canary_status["phase"] not in (STARTING, PAUSED) or canary_status.get("weight")
-                canary_status["weight"] = effective_weight(stable_replicas, canary_replicas) if ready else 0
-                canary_status["replicas"] = {"stable": stable_replicas, "canary": canary_replicas}
-            if canary_status is not None:
-                canary_status["router"] = router
-                canary_status["desiredWeight"] = plan.weight
-                if canary_spec is not None and canary_spec.shadow:
-                    canary_status["mirrorPercent"] = canary_status["weight"]
-                    canary_status["weight"] = 0
+            deployment, canary_status = self._apply_children(owner, spec, plan, router, canary_deployment,
+                                                             origins.get(id(plan.stable), candidate_uri),
+                                                             candidate_uri)
 
         rollout = Rollout.from_deployment(deployment)
         previous_version = previous_model.get("version")
@@ -271,8 +229,8 @@ class Reconciler:
                                   if rollout.exists and previous_version else None)
         problem = resolution.problem
         conditions = compute_conditions(serving, problem, rollout, previous_version)
-        conditions = _canary_conditions(conditions, canary_spec, canary_status, plan.rejected,
-                                        canary_problem, router_problem if canary_spec else None)
+        conditions = _canary_conditions(conditions, spec.canary, canary_status, plan.rejected,
+                                        canary_problem, router_problem if spec.canary else None)
         conditions = merge_conditions(old_status.get("conditions"), conditions, now, generation)
         new_status: dict[str, Any] = {
             "observedGeneration": generation,
@@ -310,6 +268,24 @@ class Reconciler:
         return max(min(delays), 0.5)
 
     # -- canary helpers --------------------------------------------------------------------------
+    def _candidate(self, key: Key, spec: DeploymentSpec, resolution: Resolution,
+                   ) -> tuple[ResolvedModel | None, str, Problem | None, float]:
+        """The canary candidate: the canary URI's version, else (progressive) spec.model.uri's version.
+
+        Returns (candidate, the URI it comes from, a problem resolving the canary URI, when the next
+        resolution is due). A progressive rollout gets no candidate while its resolution fails, so
+        it pauses instead of acting on a stale answer.
+        """
+        canary = spec.canary
+        if canary is None:
+            return None, spec.model_uri, None, resolution.next_at
+        if canary.model is not None and canary.model_uri:
+            own = self._resolve(key, spec, canary.model_uri, canary.model, "canary")
+            candidate = own.resolved if own.problem is None or not canary.progressive else None
+            return candidate, canary.model_uri, own.problem, min(resolution.next_at, own.next_at)
+        candidate = resolution.resolved if resolution.problem is None else None
+        return candidate, spec.model_uri, None, resolution.next_at
+
     def _gateway_api_served(self) -> bool:
         served, checked_at = self._gateway_api
         if checked_at < 0 or self.clock() - checked_at > GATEWAY_API_RECHECK_SECONDS:
@@ -338,6 +314,46 @@ class Reconciler:
             return router, ("spec.canary.shadow mirrors requests through a Gateway API HTTPRoute, which is not "
                             "available here (needs the HTTPRoute CRD and spec.traffic.gatewayAPI.parentRefs)")
         return router, None
+
+    def _apply_children(self, owner: render.Owner, spec: DeploymentSpec, plan: CanaryPlan, router: str,
+                        canary_deployment: dict[str, Any] | None, stable_from: str, candidate_uri: str,
+                        ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Apply the plan: both tracks' Deployments, the Services, the traffic split.
+
+        Returns the applied stable Deployment and status.canary completed with what the router
+        really does (the effective weight of a replica split, the mirrored share of a shadow).
+        """
+        assert plan.stable is not None
+        namespace, manager = owner.namespace, self.settings.field_manager
+        stable_replicas, canary_replicas = spec.replicas, 0
+        if plan.canary is not None and router == "replicas":
+            stable_replicas, canary_replicas = split_replicas(spec.replicas, plan.weight or _start_weight(spec))
+        elif plan.canary is not None:
+            canary_replicas = canary_replicas_for_route(spec.replicas, _max_weight(spec))
+        deployment = self.kube.apply(render.render_deployment(
+            owner, spec, plan.stable, self.settings, replicas=stable_replicas, resolved_from=stable_from), manager)
+        self.kube.apply(render.render_service(owner, self.settings), manager)
+        if plan.canary is not None:
+            self.kube.apply(render.render_deployment(owner, spec, plan.canary, self.settings, track="canary",
+                                                     replicas=canary_replicas, resolved_from=candidate_uri), manager)
+        elif canary_deployment is not None:
+            self.kube.delete("apps/v1", "Deployment", namespace, render.deployment_name(owner, "canary"))
+            log.info("Deleted canary Deployment %s/%s", namespace, render.deployment_name(owner, "canary"))
+        self._apply_traffic(owner, spec, router, plan)
+
+        canary_status = plan.status
+        if canary_status is not None:
+            if router == "replicas":
+                # The Service spreads requests over ready pods: the split is the replica ratio.
+                ready = canary_status["phase"] not in (STARTING, PAUSED) or canary_status.get("weight")
+                canary_status["weight"] = effective_weight(stable_replicas, canary_replicas) if ready else 0
+                canary_status["replicas"] = {"stable": stable_replicas, "canary": canary_replicas}
+            canary_status["router"] = router
+            canary_status["desiredWeight"] = plan.weight
+            if spec.canary is not None and spec.canary.shadow:
+                canary_status["mirrorPercent"] = canary_status["weight"]
+                canary_status["weight"] = 0
+        return deployment, canary_status
 
     def _apply_traffic(self, owner: render.Owner, spec: DeploymentSpec, router: str, plan: CanaryPlan) -> None:
         """The HTTPRoute and per-track Services (gatewayAPI), or their removal (replicas)."""

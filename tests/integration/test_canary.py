@@ -28,7 +28,18 @@ from hack.devenv import ControlPlane, MlflowServer, PrometheusServer, free_port,
 from hack.sample_model import register_faulty
 from modelpilot.canary import effective_weight, split_replicas
 from modelpilot.kube import Kube
-from tests.helpers import MDEP, Operator, Registry, apply, condition, events_for, mdep_manifest, wait_event, wait_ready
+from tests.helpers import (
+    MDEP,
+    Operator,
+    Registry,
+    apply,
+    condition,
+    events_for,
+    mdep_manifest,
+    reapply,
+    wait_event,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -276,7 +287,7 @@ def test_a_bad_version_is_rolled_back_and_not_retried_until_the_alias_moves(
 
     # Deleting the canary section sends everything to stable, which now follows the alias directly.
     del manifest["spec"]["canary"]
-    control_plane.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    reapply(control_plane, manifest)
     wait_ready(kube, namespace, "fraud", operator=operator, version=v3)
     wait_for(lambda: replicas(kube, namespace, "fraud") == (4, None), 30, "the canary Deployment to go")
     assert canary_status(kube, namespace, "fraud") == {}
@@ -405,7 +416,7 @@ def test_manual_canary_by_replica_ratio_reports_the_effective_weight(
     assert "CANARY" in printed and " 67 " in printed, printed
 
     del manifest["spec"]["canary"]
-    control_plane.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    reapply(control_plane, manifest)
     wait_for(lambda: replicas(kube, namespace, "fraud") == (3, None), 30, "all traffic back to stable")
     assert canary_status(kube, namespace, "fraud") == {}
 
@@ -432,7 +443,7 @@ def test_manual_canary_and_shadow_traffic_through_the_gateway_api(
     assert canary_svc is not None and canary_svc["spec"]["selector"]["modelpilot.dev/track"] == "canary"
 
     manifest["spec"]["canary"]["shadow"] = False
-    control_plane.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    reapply(control_plane, manifest)
     wait_for(lambda: route_weights(kube, namespace, "fraud") == {"fraud-stable": 70, "fraud-canary": 30}, 30,
              "a 70/30 split")
     assert "filters" not in (kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "fraud") or {})[
@@ -441,7 +452,7 @@ def test_manual_canary_and_shadow_traffic_through_the_gateway_api(
 
     # Switching the router to replicas removes the operator's HTTPRoute and per-track Services.
     manifest["spec"]["traffic"] = {"router": "replicas"}
-    control_plane.kubectl("replace", "-f", "-", input=json.dumps(manifest))
+    reapply(control_plane, manifest)
     wait_for(lambda: kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "fraud") is None, 30,
              "the HTTPRoute to be removed")
     wait_for(lambda: kube.get("v1", "Service", namespace, "fraud-stable") is None, 30, "track Services removed")

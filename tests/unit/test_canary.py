@@ -136,6 +136,11 @@ def test_missing_data_waits_and_never_promotes() -> None:
     assert status["phase"] == c.INCONCLUSIVE and status["step"] == 1 and plan.weight == 10
     assert plan.requeue == c.RETRY_SECONDS and plan.stable == V1
     assert [e[:2] for e in plan.events] == [("Warning", "AnalysisInconclusive")]
+    # between retries the analysis is not due, and nothing changes
+    assert c.analysis_window(PROGRESSIVE.canary, status, T0 + 65) is None
+    plan, held = walk(observe(previous=status, canary_ready=True), T0 + 65)
+    assert held == status and plan.events == [] and plan.requeue == pytest.approx(11)
+    assert c.analysis_window(PROGRESSIVE.canary, status, T0 + 80) == 60
     plan, status = walk(observe(previous=status, canary_ready=True), T0 + 80, NODATA)
     assert status["phase"] == c.INCONCLUSIVE and plan.events == [], "one warning, not one per retry"
     plan, status = walk(observe(previous=status, canary_ready=True), T0 + 95, PASS)
