@@ -150,9 +150,7 @@ def step_deadline(canary: CanarySpec, previous: dict[str, Any]) -> float | None:
     """Epoch seconds at which the current step's pause ends (None: not holding a timed step)."""
     if previous.get("phase") not in (RUNNING, INCONCLUSIVE):
         return None
-    index = int(previous.get("step", 1)) - 1
-    if not 0 <= index < len(canary.steps):
-        return None
+    index = min(max(int(previous.get("step", 1)), 1), len(canary.steps)) - 1
     pause = canary.steps[index].pause_seconds
     started = parse_time(previous.get("stepStartedAt"))
     if pause is None or started is None:
@@ -170,7 +168,7 @@ def analysis_window(canary: CanarySpec, previous: dict[str, Any], now: float) ->
         return None  # ask Prometheus again after RETRY_SECONDS, not on every event
     if canary.analysis.window_seconds:
         return canary.analysis.window_seconds
-    pause = canary.steps[int(previous.get("step", 1)) - 1].pause_seconds or 0.0
+    pause = canary.steps[min(max(int(previous.get("step", 1)), 1), len(canary.steps)) - 1].pause_seconds or 0.0
     return max(pause, 1.0)
 
 
@@ -292,7 +290,8 @@ def _progressive(canary: CanarySpec, obs: Observed, now: float, verdict: Verdict
 
     result.canary = cand
     phase = previous.get("phase", STARTING)
-    step = int(previous.get("step", 1))
+    # the steps may have been edited mid-rollout: a step past the new last one is the last one
+    step = min(max(int(previous.get("step", 1)), 1), len(canary.steps))
     weight = int(previous.get("weight", 0))
 
     if phase != PROMOTING and obs.annotations.get(ANNOTATION_PROMOTE) == cand.version:

@@ -119,6 +119,9 @@ def test_apply_serve_follow_the_alias_without_a_failed_request_and_delete(
         wait_for(lambda: client.answers and client.answers[-1][1] == tuple(expected_v2[:50]), 30,
                  "answers from version 2")
         time.sleep(2)
+    first_v2 = next(t for t, a in client.answers if a == tuple(expected_v2[:50]))
+    print(f"\nduring the rollout: {dict(client.outcomes)} responses; first answer of version {v2} "
+          f"{first_v2 - moved:.1f}s after the alias moved")  # shown with pytest -s
     assert set(client.outcomes) == {"200"}, f"failed requests during the rollout: {client.outcomes}"
     assert client.outcomes["200"] > 50
     answers = {a for t, a in client.answers if t > moved}

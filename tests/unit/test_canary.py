@@ -291,3 +291,12 @@ def test_evaluate(values: dict[str, float | None], outcome: str, text: str) -> N
 
     verdict = evaluate(limits, {"namespace": "n", "name": "f", "model": "m", "version": "2"}, 60, query)
     assert verdict.outcome == outcome and text in verdict.message, verdict
+
+
+def test_steps_edited_mid_rollout_to_fewer_steps() -> None:
+    status = running_at_step(2)
+    shorter = spec(steps=[{"weight": 10, "pause": "1m"}],
+                   analysis={"prometheusUrl": "http://prom:9090", "maxErrorRate": 0.01})
+    assert c.analysis_window(shorter.canary, status, T0 + 200) == 60
+    plan = c.plan(shorter, observe(previous=status, canary_ready=True), T0 + 200, PASS)
+    assert plan.status and plan.status["phase"] == c.PROMOTING
