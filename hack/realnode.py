@@ -149,6 +149,13 @@ def build_serving_image() -> tuple[str, Path]:
         old.unlink()  # one cached archive: the current inputs
     _buildah("push", image, f"oci-archive:{archive}.tmp:{image}")
     Path(f"{archive}.tmp").rename(archive)
+    # vfs storage copies every layer: drop earlier builds so the cache does not grow with each change
+    names = _buildah("images", "--format", "{{.Name}}:{{.Tag}}").stdout.split()
+    stale = [n for n in names if n.startswith(f"{SERVING_REPO}:") and n != image]
+    if stale:
+        _buildah("rmi", *stale)
+    subprocess.run(["buildah", "--root", IMAGES / "buildah" / "root", "--runroot", IMAGES / "buildah" / "run",
+                    "rmi", "--prune"], capture_output=True, env={**os.environ, "STORAGE_DRIVER": "vfs"})
     log(f"serving image {image} built in {time.monotonic() - started:.0f}s")
     return image, archive
 
