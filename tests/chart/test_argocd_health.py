@@ -60,6 +60,13 @@ def mdep(generation: int = 2, status: dict[str, Any] | None = None, replicas: in
             cond("Degraded", "False")]}), "Progressing", "rolling out 8", id="rolling-out"),
         pytest.param(mdep(status={"observedGeneration": 2, "conditions": [cond("Ready", "False", "NotDeployed", "x")]}),
                      "Progressing", "NotDeployed", id="not-deployed"),
+        pytest.param(mdep(status={"observedGeneration": 2, "conditions": [
+            cond("Ready", "True", "Serving"), cond("Progressing", "True", "CanaryRollout", "canary 8: step 1/2"),
+            cond("Degraded", "False")]}), "Progressing", "step 1/2", id="canary-walking-its-steps"),
+        pytest.param(mdep(status={"observedGeneration": 2, "conditions": [
+            cond("Ready", "True", "Serving"), cond("Progressing", "False", "RolloutComplete"),
+            cond("Degraded", "True", "RolledBack", "version 8 was rolled back")]}), "Degraded", "RolledBack: version 8",
+            id="canary-rolled-back"),
     ],
 )
 def test_health(obj: dict[str, Any], expected: str, says: str) -> None:

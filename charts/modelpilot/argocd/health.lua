@@ -32,6 +32,17 @@ if obj.spec ~= nil and obj.spec.replicas == 0 and ready ~= nil and ready.status 
   hs.message = "Scaled to zero replicas"
   return hs
 end
+-- Like Argo Rollouts: a canary walking its steps is Progressing (sync waves wait for it), and a
+-- version rolled back by its analysis is Degraded, although the stable version still serves.
+if degraded ~= nil and degraded.status == "True" and degraded.reason == "RolledBack" then
+  hs.status = "Degraded"
+  hs.message = "RolledBack: " .. (degraded.message or "")
+  return hs
+end
+if progressing ~= nil and progressing.status == "True" and progressing.reason == "CanaryRollout" then
+  hs.message = progressing.message or "Canary rollout"
+  return hs
+end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = ready.message or "Serving"
