@@ -256,7 +256,8 @@ class RealNode:
         for knob, value in (("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")):
             path = Path("/proc/sys") / knob
             if not path.exists() and "bridge" in knob:
-                subprocess.run(["modprobe", "br_netfilter"], capture_output=True)
+                with contextlib.suppress(OSError):  # no modprobe: the kernel may have it built in
+                    subprocess.run(["modprobe", "br_netfilter"], capture_output=True)
             with contextlib.suppress(OSError):
                 path.write_text(value)
         cni = self.dir / "cni"
@@ -354,8 +355,9 @@ state = "{self.dir / 'containerd-state'}"
             for cid in out.stdout.split():
                 subprocess.run(["runc", "--root", root, "kill", cid, "KILL"], capture_output=True)
                 subprocess.run(["runc", "--root", root, "delete", "--force", cid], capture_output=True)
-        subprocess.run(["pkill", "-KILL", "-f", f"containerd-shim-runc-v2 .*-address {self.sock}"],
-                       capture_output=True)
+        with contextlib.suppress(OSError):
+            subprocess.run(["pkill", "-KILL", "-f", f"containerd-shim-runc-v2 .*-address {self.sock}"],
+                           capture_output=True)
         self.procs.stop("containerd")
         for mount in reversed(_mounts_under(self.dir)):
             subprocess.run(["umount", "-l", mount], capture_output=True)
