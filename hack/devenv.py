@@ -66,6 +66,17 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
 
 
+def http_answers(url: str, ok: tuple[int, ...] = (200,)) -> bool:
+    """Whether a local HTTP service answers `url` with one of the `ok` statuses."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status in ok
+    except urllib.error.HTTPError as exc:
+        return exc.code in ok
+    except OSError:
+        return False
+
+
 def ensure_binaries() -> Path:
     """Build (or reuse from the cache) the control-plane binaries; return their directory."""
     out = subprocess.run(["bash", str(REPO / "hack" / "build-binaries.sh")], check=True,
@@ -130,34 +141,54 @@ class Processes:
 
 
 # -- certificates ----------------------------------------------------------------------------------
-def make_pki(pki: Path) -> None:
-    """A CA, the API server's serving certificate, an admin client certificate and the SA key pair."""
+def _write_key(path: Path, key: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def issue_certificate(pki: Path, file: str, cn: str, org: str | None = None, server: bool = False,
+                      sans: list[Any] | None = None) -> None:
+    """A key pair and a certificate signed by the CA in `pki` (client auth, or server auth)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+    ca_key: Any = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    (pki / f"{file}.crt").write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    _write_key(pki / f"{file}.key", key)
+
+
+def make_pki(pki: Path) -> None:
+    """A CA, the API server's serving certificate, an admin client certificate and the SA key pair."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
     if (pki / "admin.crt").exists():
         return
     pki.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-
-    def key() -> rsa.RSAPrivateKey:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def write_key(path: Path, k: rsa.RSAPrivateKey) -> None:
-        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
-        path.chmod(0o600)
-
-    def name(cn: str, org: str | None = None) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        return x509.Name(attrs)
-
-    ca_key = key()
-    ca = (x509.CertificateBuilder().subject_name(name("modelpilot-dev-ca")).issuer_name(name("modelpilot-dev-ca"))
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelpilot-dev-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -167,27 +198,16 @@ def make_pki(pki: Path) -> None:
                                        encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
     (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    write_key(pki / "ca.key", ca_key)
+    _write_key(pki / "ca.key", ca_key)
 
-    def leaf(file: str, subject: x509.Name, usage: Any, sans: list[x509.GeneralName] | None = None) -> None:
-        k = key()
-        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject)
-             .public_key(k.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
-             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        (pki / f"{file}.crt").write_bytes(b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-        write_key(pki / f"{file}.key", k)
-
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in (
+    sans: list[Any] = [x509.DNSName(n) for n in (
         "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local")]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.96.0.1", *host_ips())]
-    leaf("apiserver", name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
-    leaf("admin", name("modelpilot-dev-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
-    sa = key()
-    write_key(pki / "sa.key", sa)
+    issue_certificate(pki, "apiserver", "kube-apiserver", server=True, sans=sans)
+    issue_certificate(pki, "admin", "modelpilot-dev-admin", "system:masters")
+    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _write_key(pki / "sa.key", sa)
     (pki / "sa.pub").write_bytes(sa.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
@@ -404,13 +424,8 @@ class MlflowServer:
     def healthy(self) -> bool:
         if not self.port_path.exists() or not self.procs.alive("mlflow"):
             return False
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=3) as resp:
-                return resp.status == 200
-        except urllib.error.HTTPError as exc:
-            return exc.code == 401  # the basic-auth app guards /health too: it answers, so it is up
-        except OSError:
-            return False
+        # the basic-auth app guards /health too: a 401 means it answers, so it is up
+        return http_answers(self.url + "/health", ok=(200, 401))
 
     def start(self, port: int | None = None) -> None:
         """Start (or keep) the server; a restart reuses the same port and database."""
@@ -466,11 +481,7 @@ class PrometheusServer:
     def healthy(self) -> bool:
         if not self.port_path.exists() or not self.procs.alive("prometheus"):
             return False
-        try:
-            with urllib.request.urlopen(self.url + "/-/ready", timeout=3) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return http_answers(self.url + "/-/ready")
 
     def start(self) -> None:
         if self.healthy():

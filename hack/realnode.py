@@ -19,7 +19,6 @@ serving-image/ sources), so a warm start only imports archives.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import glob
 import hashlib
 import json
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hack.devenv import REPO, ControlPlane, Processes, free_port, kubeconfig, log, wait_for
+from hack.devenv import REPO, ControlPlane, Processes, free_port, issue_certificate, kubeconfig, log, wait_for
 
 CACHE = Path(os.environ.get("MODELPILOT_CACHE", Path.home() / ".cache" / "modelpilot"))
 IMAGES = CACHE / "images"
@@ -63,16 +62,15 @@ def node_selector() -> dict[str, str]:
 
 
 # -- images ----------------------------------------------------------------------------------------
-def _buildah(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def _buildah(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     storage = IMAGES / "buildah"
-    return run("buildah", "--root", storage / "root", "--runroot", storage / "run", *args,
-               env={"STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"})
+    return subprocess.run(["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
+                           *map(str, args)], check=check, text=True, capture_output=True,
+                          env={**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"})
 
 
 def _image_exists(name: str) -> bool:
-    out = subprocess.run(["buildah", "--root", IMAGES / "buildah" / "root", "--runroot", IMAGES / "buildah" / "run",
-                          "images", "-q", name], capture_output=True, text=True,
-                         env={**os.environ, "STORAGE_DRIVER": "vfs"})
+    out = _buildah("images", "-q", name, check=False)
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
@@ -154,41 +152,12 @@ def build_serving_image() -> tuple[str, Path]:
     stale = [n for n in names if n.startswith(f"{SERVING_REPO}:") and n != image]
     if stale:
         _buildah("rmi", *stale)
-    subprocess.run(["buildah", "--root", IMAGES / "buildah" / "root", "--runroot", IMAGES / "buildah" / "run",
-                    "rmi", "--prune"], capture_output=True, env={**os.environ, "STORAGE_DRIVER": "vfs"})
+    _buildah("rmi", "--prune", check=False)
     log(f"serving image {image} built in {time.monotonic() - started:.0f}s")
     return image, archive
 
 
 # -- the node --------------------------------------------------------------------------------------
-def node_certificate(pki: Path, name: str) -> None:
-    """A client certificate for the kubelet: CN system:node:<name>, O system:nodes (the Node authorizer)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    file = pki / f"node-{name}"
-    if file.with_suffix(".crt").exists():
-        return
-    ca_key: Any = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
-    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{name}"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes")])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    file.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    file.with_suffix(".key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
-    file.with_suffix(".key").chmod(0o600)
-
-
 class RealNode:
     """containerd + kubelet + kube-proxy for one node of a running ControlPlane."""
 
@@ -303,7 +272,9 @@ state = "{self.dir / 'containerd-state'}"
     def _start_kubelet(self) -> None:
         assert self.cp.bin is not None
         pki = self.cp.pki
-        node_certificate(pki, NODE_NAME)
+        if not (pki / f"node-{NODE_NAME}.crt").exists():
+            # the Node authorizer's identity: CN system:node:<name>, O system:nodes
+            issue_certificate(pki, f"node-{NODE_NAME}", f"system:node:{NODE_NAME}", "system:nodes")
         kcfg = self.dir / "kubelet.kubeconfig"
         kcfg.write_text(json.dumps(kubeconfig(self.cp.server, pki, f"node-{NODE_NAME}")))
         kcfg.chmod(0o600)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from hack.devenv import ControlPlane, Processes, free_port, wait_for
 from modelpilot.kube import Kube
@@ -74,6 +80,17 @@ class Operator:
         self.stop()
         self.start()
 
+    @contextlib.contextmanager
+    def in_place_of(self, other: Operator) -> Iterator[Operator]:
+        """Run this operator while `other` is stopped (two would both reconcile every namespace)."""
+        other.stop()
+        try:
+            self.start()
+            yield self
+        finally:
+            self.stop()
+            other.start()
+
     def logs(self, lines: int = 60) -> str:
         return self.procs.log_tail("operator", lines)
 
@@ -86,6 +103,46 @@ class Operator:
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read().decode(errors="replace")
+
+
+class Server:
+    """A `modelpilot-serve` (or `mlflow models serve`) process on a free port."""
+
+    def __init__(self, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def wait(self, path: str = "/ping", timeout: float = 120) -> Server:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                return requests.get(self.url + path, timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(up, timeout, f"{self.url}{path}")
+        return self
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def post(self, path: str, body: bytes | str, content_type: str = "application/json",
+             timeout: float = 30) -> requests.Response:
+        data = body.encode() if isinstance(body, str) else body
+        return requests.post(self.url + path, data=data, headers={"Content-Type": content_type}, timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def mdep_manifest(name: str, namespace: str, uri: str, **spec: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .durations import format_duration
 from .registry import ResolvedModel
 from .spec import CanarySpec, DeploymentSpec
 
@@ -391,7 +392,7 @@ def _enter_step(result: Plan, canary: CanarySpec, cand: ResolvedModel, previous:
     spec_step = canary.steps[step - 1]
     phase = WAITING if spec_step.pause_seconds is None else RUNNING
     hold = ("until promoted" if spec_step.pause_seconds is None
-            else f"for {_seconds(spec_step.pause_seconds)}")
+            else f"for {format_duration(spec_step.pause_seconds)}")
     message = f"step {step}/{len(canary.steps)}: {spec_step.weight}% of traffic to version {cand.version} {hold}"
     result.weight = spec_step.weight
     result.status = _status(cand, {**previous, "step": step, "stepStartedAt": format_time(now)}, phase,
@@ -445,9 +446,3 @@ def _still_rejected(rejected: dict[str, Any], candidate: ResolvedModel | None) -
                                   or candidate.name != rejected.get("name", candidate.name)):
         return None
     return rejected
-
-
-def _seconds(seconds: float) -> str:
-    from .durations import format_duration
-
-    return format_duration(seconds)

@@ -40,7 +40,7 @@ from .canary import plan as canary_plan
 from .config import Settings
 from .kube import Kube, KubeError
 from .registry import Credentials, RegistryClient, RegistryError, ResolvedModel
-from .spec import DeploymentSpec, InvalidSpec, parse_spec
+from .spec import CanarySpec, DeploymentSpec, InvalidSpec, parse_spec
 from .status import (
     DEGRADED,
     MODEL_RESOLVED,
@@ -215,12 +215,18 @@ class Reconciler:
             router_problem=router_problem,
         ), wall, verdict)
 
-        origins = {id(target): spec.model_uri, id(candidate): candidate_uri,
-                   id(current): previous_model.get("uri") or spec.model_uri}
+        def origin(model: ResolvedModel) -> str:
+            """The URI `model` was resolved from (for its annotation and status.model.uri)."""
+            if model is target:
+                return spec.model_uri
+            if model is current:
+                return str(previous_model.get("uri") or spec.model_uri)
+            return candidate_uri  # the candidate, or a canary version held from status
+
         deployment, canary_status = stable_deployment, plan.status
         if plan.stable is not None:
             deployment, canary_status = self._apply_children(owner, spec, plan, router, canary_deployment,
-                                                             origins.get(id(plan.stable), candidate_uri),
+                                                             origin(plan.stable),
                                                              candidate_uri)
 
         rollout = Rollout.from_deployment(deployment)
@@ -246,7 +252,7 @@ class Reconciler:
         if plan.finished is not None:
             new_status["lastRollout"] = plan.finished
         if plan.stable is not None:
-            new_status["model"] = plan.stable.to_status(origins.get(id(plan.stable), candidate_uri))
+            new_status["model"] = plan.stable.to_status(origin(plan.stable))
             change = old_status.get("lastVersionChange")
             if previous_version and previous_version != plan.stable.version:
                 change = {"from": previous_version, "to": plan.stable.version, "time": now}
@@ -482,7 +488,8 @@ def _max_weight(spec: DeploymentSpec) -> int:
     return max([s.weight for s in canary.steps] or [canary.weight])
 
 
-def _canary_conditions(conditions: list[dict[str, Any]], canary_spec: Any, canary_status: dict[str, Any] | None,
+def _canary_conditions(conditions: list[dict[str, Any]], canary_spec: CanarySpec | None,
+                       canary_status: dict[str, Any] | None,
                        rejected: dict[str, Any] | None, canary_problem: Problem | None,
                        router_problem: str | None) -> list[dict[str, Any]]:
     """Progressing while a progressive rollout runs; Degraded after a rollback or when the canary can't run."""

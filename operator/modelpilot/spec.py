@@ -159,9 +159,7 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
     if variant not in VARIANTS:
         raise InvalidSpec(f"spec.runtime.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     batching_raw = _dict(runtime_raw.get("batching"), "spec.runtime.batching")
-    delay = batching_raw.get("maxDelayMs", Batching.max_delay_ms)
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
-        raise InvalidSpec(f"spec.runtime.batching.maxDelayMs must be a number >= 0, got {delay!r}")
+    delay = _number(batching_raw.get("maxDelayMs", Batching.max_delay_ms), "spec.runtime.batching.maxDelayMs")
     env = runtime_raw.get("env") or []
     if not isinstance(env, list) or not all(isinstance(e, dict) and e.get("name") for e in env):
         raise InvalidSpec("spec.runtime.env must be a list of {name, value} objects")
@@ -171,7 +169,7 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         batching=Batching(
             max_batch_size=_int(batching_raw.get("maxBatchSize"), "spec.runtime.batching.maxBatchSize",
                                 Batching.max_batch_size, minimum=1),
-            max_delay_ms=float(delay),
+            max_delay_ms=Batching.max_delay_ms if delay is None else delay,
         ),
         env=tuple(env),
     )

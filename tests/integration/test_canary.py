@@ -10,9 +10,7 @@ inputs, or answers slowly, is rolled back.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +30,7 @@ from tests.helpers import (
     MDEP,
     Operator,
     Registry,
+    Server,
     apply,
     condition,
     events_for,
@@ -53,29 +52,18 @@ class ScoringServer:
 
     def __init__(self, tracking_uri: str, model: str, version: str, namespace: str, prometheus: PrometheusServer,
                  log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = free_port()
+        self.server = Server(
+            [sys.executable, "-m", "modelpilot_serve.cli", "--model-uri", f"models:/{model}/{version}",
+             "--host", "127.0.0.1", "--port", str(port), "--cache-dir", str(log.parent / f"cache-{port}")],
+            port, log, env={"MLFLOW_TRACKING_URI": tracking_uri}).wait("/v2/health/ready")
+        self.url = self.server.url
         self.target = f"{namespace}-{model}-{version}"
         self.prometheus = prometheus
         self.codes: Counter[int] = Counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelpilot_serve.cli", "--model-uri", f"models:/{model}/{version}",
-             "--host", "127.0.0.1", "--port", str(self.port), "--cache-dir", str(log.parent / f"cache-{self.port}")],
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115 - owned by the child
-            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, start_new_session=True)
-        self.log = log
-        wait_for(self._ready, 120, f"scoring server for {model}/{version}")
-        prometheus.add_target(self.target, f"127.0.0.1:{self.port}", {"namespace": namespace})
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"scoring server exited:\n{self.log.read_text(errors='replace')[-3000:]}")
-        try:
-            return requests.get(self.url + "/v2/health/ready", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
+        prometheus.add_target(self.target, f"127.0.0.1:{port}", {"namespace": namespace})
 
     def start_load(self, per_second: float = 25) -> None:
         """Requests with random rows, as production traffic would look, until stop()."""
@@ -98,11 +86,7 @@ class ScoringServer:
         if self._thread is not None:
             self._thread.join(15)
         self.prometheus.remove_target(self.target)
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.server.stop()
 
 
 @pytest.fixture

@@ -84,9 +84,8 @@ def test_operator_scenario_with_the_charts_serviceaccount(
         mlflow_server: MlflowServer, namespace: str, model_name: str, tmp_path: Path) -> None:
     kubeconfig = _token_kubeconfig(control_plane, installed, tmp_path / "sa-kubeconfig")
     limited = Operator(tmp_path, kubeconfig, mlflow_server.url)
-    operator.stop()  # one operator at a time: the admin one would mask missing permissions
-    try:
-        limited.start()
+    # one operator at a time: the admin one would mask missing permissions
+    with limited.in_place_of(operator):
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mlflow-auth", "namespace": namespace},
                   "data": {"token": base64.b64encode(b"not-checked-by-this-registry").decode()}}
         control_plane.kubectl("apply", "-f", "-", input=json.dumps(secret))
@@ -121,9 +120,6 @@ def test_operator_scenario_with_the_charts_serviceaccount(
         # "forbidden ... because it is being terminated" is another test's namespace going away.
         denied = [line for line in limited.logs(400).splitlines() if "forbidden: user" in line.lower()]
         assert not denied, denied
-    finally:
-        limited.stop()
-        operator.start()
 
     used = _audited(control_plane, f"system:serviceaccount:{installed}:{SA}")
     granted = OPERATOR_NEEDS

@@ -45,10 +45,5 @@ def node_operator(operator: Operator, control_plane: ControlPlane, real_node: Re
     assert real_node.image is not None
     own = Operator(state_dir / "node-operator", control_plane.kubeconfig_path, node_registry.url)
     own.env.update(MODELPILOT_SERVER_IMAGE_CPU=real_node.image, MODELPILOT_SERVER_IMAGE_PULL_POLICY="Never")
-    operator.stop()
-    try:
-        own.start()
+    with own.in_place_of(operator):
         yield own
-    finally:
-        own.stop()
-        operator.start()

@@ -3,58 +3,16 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from hack.devenv import free_port, wait_for
+from hack.devenv import free_port
+from tests.helpers import Server
 from tests.serving import models
-
-
-class Server:
-    """A `modelpilot-serve` (or `mlflow models serve`) process on a free port."""
-
-    def __init__(self, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        self.proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
-
-    def wait(self, path: str = "/ping", timeout: float = 120) -> Server:
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                return requests.get(self.url + path, timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, timeout, f"{self.url}{path}")
-        return self
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def post(self, path: str, body: bytes | str, content_type: str = "application/json",
-             timeout: float = 30) -> requests.Response:
-        data = body.encode() if isinstance(body, str) else body
-        return requests.post(self.url + path, data=data, headers={"Content-Type": content_type}, timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 @pytest.fixture(scope="session")
