@@ -187,6 +187,12 @@ class RealNode:
     def start(self) -> str:
         """Start (or keep) the node; return the serving image name, imported and ready to run."""
         assert self.cp.bin is not None
+        other = _other_node(self.dir)
+        if other is not None:
+            raise RuntimeError(
+                f"another real node is running on this machine (state in {other}); only one fits (they share "
+                f"the bridge {BRIDGE} and kube-proxy's iptables chains). Stop it first: `make dev-down` for "
+                "the demo's .dev, or `python -m hack.devenv down --state DIR`.")
         subprocess.run(["bash", str(REPO / "hack" / "system-packages.sh"), "--node"], check=True)
         image, archive = build_serving_image()
         pause = build_pause_image()
@@ -332,6 +338,19 @@ state = "{self.dir / 'containerd-state'}"
         self.procs.stop("containerd")
         for mount in reversed(_mounts_under(self.dir)):
             subprocess.run(["umount", "-l", mount], capture_output=True)
+
+
+def _other_node(ours: Path) -> Path | None:
+    """The state directory of a real node's kubelet running from another state directory, if any."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if not argv[0].endswith(b"kubelet") or f"--hostname-override={NODE_NAME}".encode() not in argv:
+                continue
+            root = next((a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--root-dir=")), "")
+            if root and Path(root).parent != ours:
+                return Path(root).parent
+    return None
 
 
 def _mounts_under(root: Path) -> list[str]:
