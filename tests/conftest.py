@@ -42,6 +42,15 @@ def registry(mlflow_server: MlflowServer) -> Registry:
 
 
 @pytest.fixture
+def own_mlflow(tmp_path: Path) -> Iterator[MlflowServer]:
+    """An MLflow of this test's own, which the test may stop and start again (same port, same database)."""
+    server = MlflowServer(tmp_path, name="mlflow-own")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def model_name() -> str:
     return f"model-{uuid.uuid4().hex[:8]}"
 

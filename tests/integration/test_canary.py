@@ -344,35 +344,30 @@ def test_missing_metrics_never_promote_and_abort_rolls_back(
 
 def test_registry_outage_pauses_a_rollout_and_it_resumes(
         control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str, model_name: str,
-        tmp_path: Path) -> None:
-    own = MlflowServer(tmp_path, name="mlflow-canary-outage")
-    own.start()
-    try:
-        reg = Registry(own.url)
-        v1 = reg.register(model_name, alias="champion", seed=0)
-        apply(control_plane, mdep_manifest(
-            "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", traffic=GATEWAY,
-            registry={"trackingUri": own.url},
-            canary={"steps": [{"weight": 30, "pause": "4s"}, {"weight": 60, "pause": "4s"}]}))
-        wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
-        v2 = reg.register(model_name, alias="champion", seed=1)
-        wait_canary(kube, namespace, "fraud", "step 1", lambda s: (s.get("canary") or {}).get("step") == 1
-                    and s["canary"].get("phase") == "Running", operator)
-        own.stop()
-        obj = wait_canary(kube, namespace, "fraud", "the rollout to pause",
-                          lambda s: (s.get("canary") or {}).get("phase") == "Paused", operator)
-        assert obj["status"]["canary"]["step"] == 1
-        assert condition(obj, "ModelResolved")["reason"] == "RegistryUnreachable"
-        weights = route_weights(kube, namespace, "fraud")
-        time.sleep(6)  # longer than the step's pause: nothing moves while the registry is away
-        assert canary_status(kube, namespace, "fraud")["step"] == 1
-        assert route_weights(kube, namespace, "fraud") == weights == {"fraud-stable": 70, "fraud-canary": 30}
-        own.start()
-        obj = wait_canary(kube, namespace, "fraud", "the resumed rollout to finish",
-                          lambda s: (s.get("lastRollout") or {}).get("result") == "Promoted", operator, timeout=90)
-        assert obj["status"]["model"]["version"] == v2
-    finally:
-        own.stop()
+        own_mlflow: MlflowServer) -> None:
+    reg = Registry(own_mlflow.url)
+    v1 = reg.register(model_name, alias="champion", seed=0)
+    apply(control_plane, mdep_manifest(
+        "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", traffic=GATEWAY,
+        registry={"trackingUri": own_mlflow.url},
+        canary={"steps": [{"weight": 30, "pause": "4s"}, {"weight": 60, "pause": "4s"}]}))
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+    v2 = reg.register(model_name, alias="champion", seed=1)
+    wait_canary(kube, namespace, "fraud", "step 1", lambda s: (s.get("canary") or {}).get("step") == 1
+                and s["canary"].get("phase") == "Running", operator)
+    own_mlflow.stop()
+    obj = wait_canary(kube, namespace, "fraud", "the rollout to pause",
+                      lambda s: (s.get("canary") or {}).get("phase") == "Paused", operator)
+    assert obj["status"]["canary"]["step"] == 1
+    assert condition(obj, "ModelResolved")["reason"] == "RegistryUnreachable"
+    weights = route_weights(kube, namespace, "fraud")
+    time.sleep(6)  # longer than the step's pause: nothing moves while the registry is away
+    assert canary_status(kube, namespace, "fraud")["step"] == 1
+    assert route_weights(kube, namespace, "fraud") == weights == {"fraud-stable": 70, "fraud-canary": 30}
+    own_mlflow.start()
+    obj = wait_canary(kube, namespace, "fraud", "the resumed rollout to finish",
+                      lambda s: (s.get("lastRollout") or {}).get("result") == "Promoted", operator, timeout=90)
+    assert obj["status"]["model"]["version"] == v2
 
 
 # -- manual canary and shadow traffic -----------------------------------------------------------------

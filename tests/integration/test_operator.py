@@ -7,7 +7,6 @@ events and resourceVersions.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,40 +163,35 @@ def test_moving_the_alias_rolls_out_the_new_version(
 
 def test_registry_outage_leaves_children_untouched_and_recovers(
         control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str, model_name: str,
-        tmp_path: Path) -> None:
-    own = MlflowServer(tmp_path, name="mlflow-outage")
-    own.start()
-    try:
-        Registry(own.url).register(model_name, alias="champion")
-        apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s",
-                                           registry={"trackingUri": own.url}))
-        wait_ready(kube, namespace, "m", operator=operator)
-        before = settled_versions(kube, namespace, CHILDREN)
+        own_mlflow: MlflowServer) -> None:
+    Registry(own_mlflow.url).register(model_name, alias="champion")
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s",
+                                       registry={"trackingUri": own_mlflow.url}))
+    wait_ready(kube, namespace, "m", operator=operator)
+    before = settled_versions(kube, namespace, CHILDREN)
 
-        own.stop()
-        obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and
-                       condition(o, "ModelResolved").get("reason") == "RegistryUnreachable" and o, 30,
-                       "a RegistryUnreachable condition")
-        resolved = condition(obj, "ModelResolved")
-        assert resolved["status"] == "False" and own.url in resolved["message"]
-        assert "still serving the last resolved version 1" in resolved["message"]
-        assert condition(obj, "Ready")["status"] == "False"
-        assert condition(obj, "Degraded")["status"] == "True"
-        assert obj["status"]["model"]["version"] == "1"
-        warnings = [e for e in wait_event(kube, namespace, "m", "RegistryUnreachable", "Warning")
-                    if e["type"] == "Warning"]
-        assert [e["reason"] for e in warnings] == ["RegistryUnreachable"], "one warning, not one per retry"
-        time.sleep(5)  # several refresh intervals (and retries) with the registry down
-        after = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
-                 for api, kind in CHILDREN}
-        assert after == before, "children must not be touched while the registry is down"
+    own_mlflow.stop()
+    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and
+                   condition(o, "ModelResolved").get("reason") == "RegistryUnreachable" and o, 30,
+                   "a RegistryUnreachable condition")
+    resolved = condition(obj, "ModelResolved")
+    assert resolved["status"] == "False" and own_mlflow.url in resolved["message"]
+    assert "still serving the last resolved version 1" in resolved["message"]
+    assert condition(obj, "Ready")["status"] == "False"
+    assert condition(obj, "Degraded")["status"] == "True"
+    assert obj["status"]["model"]["version"] == "1"
+    warnings = [e for e in wait_event(kube, namespace, "m", "RegistryUnreachable", "Warning")
+                if e["type"] == "Warning"]
+    assert [e["reason"] for e in warnings] == ["RegistryUnreachable"], "one warning, not one per retry"
+    time.sleep(5)  # several refresh intervals (and retries) with the registry down
+    after = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
+             for api, kind in CHILDREN}
+    assert after == before, "children must not be touched while the registry is down"
 
-        own.start()  # same port, same database; the operator is not touched
-        obj = wait_ready(kube, namespace, "m", timeout=60, operator=operator)
-        assert condition(obj, "ModelResolved")["status"] == "True"
-        wait_event(kube, namespace, "m", "Recovered")
-    finally:
-        own.stop()
+    own_mlflow.start()  # same port, same database; the operator is not touched
+    obj = wait_ready(kube, namespace, "m", timeout=60, operator=operator)
+    assert condition(obj, "ModelResolved")["status"] == "True"
+    wait_event(kube, namespace, "m", "Recovered")
 
 
 @pytest.mark.parametrize(
