@@ -13,15 +13,30 @@ requests all give an "inconclusive" verdict, on which the rollout waits.
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
+import logging
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from string import Template
+from typing import Any
 
-import requests
+import aiohttp
 
-from .canary import Verdict
+from . import metrics
+from .canary import PENDING, Verdict, analysis_window
+from .config import Settings
 from .durations import format_duration
-from .spec import Analysis
+from .outbound import Outbound, read_limited, wait
+from .registry import ResolvedModel
+from .spec import Analysis, DeploymentSpec
+from .urls import BaseURL
+
+log = logging.getLogger(__name__)
+
+#: The most bytes of one Prometheus answer that are read (one number is a few hundred).
+MAX_BODY_BYTES = 1 << 20
 
 _SELECTOR = 'namespace="$namespace",model="$model",version="$version"'
 DEFAULT_QUERIES = {
@@ -52,74 +67,158 @@ def window_text(seconds: float) -> str:
     return f"{max(1, round(seconds))}s"
 
 
+def parse_answer(status: int, raw: bytes, promql: str) -> float | None:
+    """The one number of an instant query's answer; None for no sample or a non-finite one.
+
+    Pure, so every shape Prometheus (or something posing as it) may answer is unit-tested: an empty
+    vector, "NaN", "+Inf", two series, an error, a body that is not JSON.
+    """
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise PrometheusError(f"Prometheus answered HTTP {status} without JSON") from None
+    if not isinstance(body, dict):
+        raise PrometheusError(f"Prometheus answered HTTP {status} with something that is not an API answer")
+    if status != 200 or body.get("status") != "success":
+        kind = body.get("errorType") if isinstance(body.get("errorType"), str) else ""
+        raise PrometheusError(f"Prometheus rejected the query {promql!r} (HTTP {status} {kind})".replace(" )", ")"))
+    data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
+    result = data.get("result")
+    if data.get("resultType") == "scalar":
+        result = [{"value": result}]
+    if not result:
+        return None
+    if not isinstance(result, list) or len(result) > 1:
+        count = len(result) if isinstance(result, list) else "?"
+        raise PrometheusError(f"the query {promql!r} returned {count} series; it must return one number")
+    try:
+        value = float(result[0]["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise PrometheusError(f"the query {promql!r} did not return a number") from None
+    return value if math.isfinite(value) else None
+
+
 class Prometheus:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
+    """Instant queries against one Prometheus, over a shared aiohttp session (see `outbound`)."""
 
-    def query(self, promql: str) -> float | None:
-        """The value of an instant query that returns one sample; None for no sample or NaN."""
+    def __init__(self, base: BaseURL, session: aiohttp.ClientSession) -> None:
+        self.base = base
+        self.session = session
+
+    async def query(self, promql: str) -> float | None:
         try:
-            resp = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise PrometheusError(f"Prometheus at {self.url} cannot be reached: {type(exc).__name__}") from exc
-        try:
-            body = resp.json()
-        except ValueError:
-            raise PrometheusError(f"Prometheus at {self.url} answered HTTP {resp.status_code} without JSON") from None
-        if resp.status_code != 200 or body.get("status") != "success":
-            raise PrometheusError(f"Prometheus rejected the query {promql!r}: "
-                                  f"{body.get('errorType', resp.status_code)}: {body.get('error', '')}".strip())
-        data = body.get("data") or {}
-        result = data.get("result")
-        if data.get("resultType") == "scalar":
-            result = [{"value": result}]
-        if not result:
-            return None
-        if len(result) > 1:
-            raise PrometheusError(f"the query {promql!r} returned {len(result)} series; it must return one number")
-        try:
-            value = float(result[0]["value"][1])
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise PrometheusError(f"the query {promql!r} did not return a number") from None
-        return None if math.isnan(value) else value
+            async with self.session.get(self.base.join("/api/v1/query"), params={"query": promql},
+                                        allow_redirects=False) as resp:
+                raw = await read_limited(resp, MAX_BODY_BYTES)
+                status = resp.status
+        except TimeoutError:
+            raise
+        except (aiohttp.ClientError, OSError) as exc:
+            raise PrometheusError(f"Prometheus at {self.base.origin} cannot be reached: {type(exc).__name__}") from None
+        if raw is None:
+            raise PrometheusError(f"Prometheus at {self.base.origin} answered more than {MAX_BODY_BYTES} bytes")
+        return parse_answer(status, raw, promql)
 
 
-QueryFn = Callable[[str], float | None]
+QueryFn = Callable[[str], Awaitable[float | None]]
 
 
-def evaluate(analysis: Analysis, variables: dict[str, str], window_seconds: float, query: QueryFn) -> Verdict:
+async def evaluate(analysis: Analysis, variables: dict[str, str], window_seconds: float, query: QueryFn) -> Verdict:
     """Run the queries and judge. Never raises for Prometheus trouble: that is "inconclusive"."""
     variables = {**variables, "window": window_text(window_seconds)}
     templates = {**DEFAULT_QUERIES, **analysis.queries}
-    window = format_duration(window_seconds)
     values: dict[str, float | None] = {}
     try:
-        values["requests"] = query(render_query(templates["requests"], variables))
+        values["requests"] = await query(render_query(templates["requests"], variables))
         if analysis.max_error_rate is not None:
-            values["errorRate"] = query(render_query(templates["errorRate"], variables))
+            values["errorRate"] = await query(render_query(templates["errorRate"], variables))
         if analysis.max_p99_latency_ms is not None:
-            values["p99LatencyMs"] = query(render_query(templates["p99LatencyMs"], variables))
+            values["p99LatencyMs"] = await query(render_query(templates["p99LatencyMs"], variables))
     except PrometheusError as exc:
         return Verdict("inconclusive", str(exc), values)
+    except TimeoutError:
+        return Verdict("inconclusive", f"Prometheus at {analysis.prometheus.origin} did not answer in time", values)
+    return judge(analysis, values, window_seconds)
 
-    requests_seen = values["requests"]
+
+def judge(analysis: Analysis, values: dict[str, float | None], window_seconds: float) -> Verdict:
+    """Pass, fail or inconclusive from measured values. Only finite numbers count as data."""
+    window = format_duration(window_seconds)
+    measured = {k: v if v is not None and math.isfinite(v) else None for k, v in values.items()}
+    requests_seen = measured.get("requests")
     if requests_seen is None or requests_seen < analysis.min_requests:
         seen = "no" if not requests_seen else f"only {requests_seen:.0f}"
         return Verdict("inconclusive", f"{seen} canary requests in the last {window} "
-                       f"(minRequests {analysis.min_requests})", values)
+                       f"(minRequests {analysis.min_requests})", measured)
     failures: list[str] = []
     checks: list[str] = []
     for key, limit, unit, fmt in (("errorRate", analysis.max_error_rate, "", "{:.4g}"),
                                   ("p99LatencyMs", analysis.max_p99_latency_ms, " ms", "{:.1f}")):
         if limit is None:
             continue
-        value = values.get(key)
+        value = measured.get(key)
         if value is None:
-            return Verdict("inconclusive", f"no {key} data for the canary in the last {window}", values)
+            return Verdict("inconclusive", f"no {key} data for the canary in the last {window}", measured)
         text = f"{key} {fmt.format(value)}{unit} (max {limit:g}{unit})"
         (failures if value > limit else checks).append(text)
     summary = f"{requests_seen:.0f} requests in {window}"
     if failures:
-        return Verdict("fail", f"{', '.join(failures)} over {summary}", values)
-    return Verdict("pass", f"{', '.join(checks)} over {summary}", values)
+        return Verdict("fail", f"{', '.join(failures)} over {summary}", measured)
+    return Verdict("pass", f"{', '.join(checks)} over {summary}", measured)
+
+
+class Analyses:
+    """Runs due analyses on the `outbound` thread; a reconcile gets a verdict, or "pending"."""
+
+    def __init__(self, outbound: Outbound, settings: Settings, on_answer: Callable[[tuple[str, str]], None]) -> None:
+        self.outbound = outbound
+        self.settings = settings
+        self.on_answer = on_answer
+        self._running: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
+        self._lock = threading.Lock()
+
+    def due(self, key: tuple[str, str], spec: DeploymentSpec, previous: dict[str, Any],
+            candidate: ResolvedModel | None, wall: float) -> Verdict | None:
+        """The verdict of the current step's analysis when one is due (None: none is due)."""
+        canary = spec.canary
+        if canary is None or canary.analysis is None or candidate is None:
+            return None
+        if previous.get("version") != candidate.version:
+            return None
+        window = analysis_window(canary, previous, wall)
+        if window is None:
+            return None
+        analysis = canary.analysis
+        with self._lock:
+            future = self._running.get(key)
+        if future is None:
+            variables = {"namespace": key[0], "name": key[1], "model": candidate.name, "version": candidate.version}
+
+            async def call(session: aiohttp.ClientSession) -> Verdict:
+                return await evaluate(analysis, variables, window, Prometheus(analysis.prometheus, session).query)
+
+            def answered(done: concurrent.futures.Future[Any]) -> None:
+                self.on_answer(key)
+
+            future = self.outbound.submit(("analysis", key, candidate.version, previous.get("step"), wall),
+                                          analysis.prometheus.origin, self.settings.prometheus_timeout_seconds,
+                                          call, answered)
+            with self._lock:
+                self._running[key] = future
+        if not wait(future, self.settings.outbound_wait_seconds):
+            return Verdict(PENDING, "the analysis is running")
+        with self._lock:
+            self._running.pop(key, None)
+        error = future.exception()
+        if error is not None:
+            verdict = Verdict("inconclusive", f"Prometheus at {analysis.prometheus.origin} did not answer in time"
+                              if isinstance(error, TimeoutError) else f"the analysis failed ({type(error).__name__})")
+        else:
+            verdict = future.result()
+        metrics.ANALYSES.labels(outcome=verdict.outcome).inc()
+        log.info("Analysis of %s/%s version %s: %s (%s)", *key, candidate.version, verdict.outcome, verdict.message)
+        return verdict
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._running.pop(key, None)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .durations import format_duration
+from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE
 from .registry import ResolvedModel
 from .spec import CanarySpec, DeploymentSpec
 
@@ -35,8 +36,8 @@ PAUSED = "Paused"  # the registry cannot be asked: nothing moves
 PROMOTING = "Promoting"  # stable is rolling to the canary's version
 MANUAL = "Manual"  # a manual canary at a fixed weight
 
-ANNOTATION_PROMOTE = "modelpilot.dev/promote"
-ANNOTATION_ABORT = "modelpilot.dev/abort"
+#: Verdict outcome while the analysis is still being asked (Prometheus has not answered yet).
+PENDING = "pending"
 
 #: How soon an inconclusive analysis or a paused rollout is looked at again (seconds, at most).
 RETRY_SECONDS = 15.0
@@ -46,7 +47,7 @@ RETRY_SECONDS = 15.0
 class Verdict:
     """The outcome of one analysis."""
 
-    outcome: str  # "pass" | "fail" | "inconclusive"
+    outcome: str  # "pass" | "fail" | "inconclusive" | "pending"
     message: str
     values: dict[str, float | None] = field(default_factory=dict)
 
@@ -324,6 +325,12 @@ def _progressive(canary: CanarySpec, obs: Observed, now: float, verdict: Verdict
             result.requeue = deadline - now
             return result
         if canary.analysis is not None:
+            if verdict is not None and verdict.outcome == PENDING:
+                # Prometheus is being asked: hold the step; its answer re-enqueues the reconcile
+                result.weight = weight
+                result.status = _status(cand, previous, phase, weight, now, previous.get("message", ""))
+                result.requeue = RETRY_SECONDS
+                return result
             if verdict is None and phase == INCONCLUSIVE:
                 # between retries of an inconclusive analysis: hold, say nothing new
                 result.weight = weight
@@ -409,7 +416,7 @@ def _status(cand: ResolvedModel, previous: dict[str, Any], phase: str, weight: i
     out.setdefault("startedAt", format_time(now))
     out.update({
         "version": cand.version,
-        "model": cand.to_status(f"models:/{cand.name}/{cand.version}"),
+        "model": cand.to_status(cand.pinned),
         "phase": phase,
         "weight": weight,
         "message": message,

@@ -20,9 +20,13 @@ class Settings:
     #: Tracking server used when a ModelDeployment has no `spec.registry.trackingUri`.
     default_tracking_uri: str = ""
     #: Name of a Secret (in the ModelDeployment's namespace) with `token` or `username`/`password`,
-    #: used when the ModelDeployment names none. Optional: a missing Secret of this default name means
-    #: "no credentials". The values are never logged.
+    #: used when the ModelDeployment names none *and* uses the default tracking URI: the platform's
+    #: credentials never go to a registry a tenant chose. Optional: a missing Secret of this default
+    #: name means "no credentials". The values are never logged.
     default_credentials_secret: str = ""
+    #: Comma-separated base URLs a spec may name in `spec.registry.trackingUri` (empty: any). An entry
+    #: admits itself and every path below it; the default tracking URI is always admitted.
+    allowed_registry_urls: tuple[str, ...] = ()
     #: Scoring-server image for `runtime.variant: cpu`.
     server_image_cpu: str = "ghcr.io/modelpilot/scoring-server:0.1.0"
     #: Scoring-server image for `runtime.variant: gpu` (CUDA runtime base).
@@ -33,13 +37,19 @@ class Settings:
     server_port: int = 8080
     #: Default `spec.refreshInterval` in seconds: how often aliases are re-resolved.
     default_refresh_seconds: float = 60.0
-    #: Timeout of each registry HTTP call, in seconds.
+    #: Total deadline of each registry call (connect, headers, body), in seconds.
     registry_timeout_seconds: float = 10.0
+    #: Calls in flight at once to one registry or Prometheus host; more wait behind them, so one
+    #: slow host delays only the ModelDeployments that use it.
+    outbound_per_host: int = 2
+    #: How long a reconcile waits for a registry or Prometheus answer before it moves on (the answer
+    #: re-enqueues it when it comes).
+    outbound_wait_seconds: float = 1.0
     #: First retry delay after a transient registry failure; doubles up to the refresh interval.
     retry_base_seconds: float = 2.0
     #: Prometheus queried by canary analysis when `spec.canary.analysis.prometheusUrl` is not set.
     default_prometheus_url: str = ""
-    #: Timeout of each Prometheus query, in seconds.
+    #: Total deadline of each Prometheus query, in seconds.
     prometheus_timeout_seconds: float = 10.0
     #: Reconciles that may run at once (they mostly wait on HTTP).
     reconcile_workers: int = 4
@@ -58,6 +68,8 @@ class Settings:
                 continue
             if f.name == "default_refresh_seconds":
                 values[f.name] = parse_duration(raw)
+            elif f.name == "allowed_registry_urls":
+                values[f.name] = tuple(u.strip() for u in raw.split(",") if u.strip())
             elif f.type in ("int", int):
                 values[f.name] = int(raw)
             elif f.type in ("float", float):

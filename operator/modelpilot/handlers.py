@@ -13,11 +13,16 @@ from typing import Any
 
 import kopf
 
-from . import metrics, render
+from . import metrics
 from .config import Settings
 from .kube import Kube, KubeError
-from .reconciler import Key, Reconciler
-from .workqueue import WorkQueue
+from .names import GROUP, LABEL_DEPLOYMENT, MANAGED_BY, PLURAL, VERSION
+from .reconciler import Reconciler
+from .resolver import Key
+from .workqueue import Stalled, WorkQueue, error_backoff
+
+#: Liveness fails when work has been overdue this long and no reconcile finished meanwhile.
+STALL_SECONDS = 120.0
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +65,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     kube = Kube.from_environment()
-    state.reconciler = Reconciler(kube, config)
     state.queue = WorkQueue(_reconcile, workers=config.reconcile_workers,
-                            error_delay=lambda _k, n: min(config.retry_base_seconds * 2 ** n, 300.0))
+                            error_delay=lambda _k, n: error_backoff(config.retry_base_seconds, n))
+    state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_threadsafe)
+    state.reconciler.outbound.start()
     state.task = asyncio.create_task(state.queue.run())
     log.info("modelpilot operator started (default tracking URI: %s)",
              config.default_tracking_uri or "none")
@@ -74,21 +80,30 @@ async def cleanup(**_: Any) -> None:
         state.task.cancel()
     if state.queue is not None:
         state.queue.shutdown()
+    if state.reconciler is not None:
+        state.reconciler.outbound.stop()
 
 
-@kopf.on.event(render.GROUP, render.VERSION, render.PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL)
 async def modeldeployment_event(name: str, namespace: str | None, **_: Any) -> None:
     if namespace:
         _enqueue((namespace, name))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": render.MANAGED_BY})
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 async def child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
-    owner = labels.get(render.LABEL_DEPLOYMENT)
+    owner = labels.get(LABEL_DEPLOYMENT)
     if owner and namespace:
         _enqueue((namespace, owner))
 
 
 @kopf.on.probe(id="queue")
 def queue_length(**_: Any) -> int:
-    return len(state.queue) if state.queue is not None else 0
+    """Keys waiting or running; liveness fails (HTTP 500) when the queue makes no progress."""
+    if state.queue is None:
+        return 0
+    try:
+        state.queue.check_progress(STALL_SECONDS)
+    except Stalled as exc:
+        raise kopf.PermanentError(str(exc)) from None
+    return len(state.queue)

@@ -1,20 +1,32 @@
-"""A small client for the MLflow model registry REST API.
+"""A small client for the MLflow model registry REST API (read-only, asynchronous).
 
 Why not the `mlflow` package: the operator only needs four read-only calls, and the mlflow client
 drags in pandas, numpy and a web server; it also hides the HTTP status the operator needs to tell
-"not found" from "unauthorized" from "unreachable". All calls are under `/api/2.0/mlflow/`.
+"not found" from "unauthorized" from "unreachable". All calls are under `/api/2.0/mlflow/`, joined to
+the parsed tracking URI (never a string prefix, see `urls`).
+
+What a registry says goes into a tenant-readable status, so messages are built here from what was
+asked and the HTTP status; nothing of an answer's body is echoed (a tenant could point the operator
+at any internal service and read its error pages otherwise).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
+import aiohttp
 
+from .names import pinned_uri
+from .outbound import read_limited
 from .uri import ModelRef, RefKind
+from .urls import BaseURL, InvalidURL, parse_base_url
 
 API = "/api/2.0/mlflow"
+#: The most bytes of one registry answer that are read (registry answers are a few kB).
+MAX_BODY_BYTES = 1 << 20
 
 
 class RegistryError(Exception):
@@ -27,6 +39,12 @@ class RegistryError(Exception):
 
 class RegistryUnreachable(RegistryError):
     reason = "RegistryUnreachable"
+
+
+class NotARegistry(RegistryError):
+    """Something answered, but not as an MLflow tracking server does (a wrong URL, a proxy page)."""
+
+    reason = "NotARegistry"
 
 
 class ModelNotFound(RegistryError):
@@ -72,6 +90,13 @@ class ResolvedModel:
     stage: str | None = None
     aliases: tuple[str, ...] = field(default=())
 
+    @property
+    def pinned(self) -> str:
+        return pinned_uri(self.name, self.version)
+
+    def same_version(self, other: ResolvedModel | None) -> bool:
+        return other is not None and (self.name, self.version) == (other.name, other.version)
+
     def to_status(self, uri: str) -> dict[str, Any]:
         out: dict[str, Any] = {"uri": uri, "name": self.name, "version": self.version}
         for key, value in (("alias", self.alias), ("stage", self.stage), ("runId", self.run_id),
@@ -93,134 +118,144 @@ class ResolvedModel:
         )
 
 
-class RegistryClient:
-    """Read-only access to one MLflow tracking server's model registry."""
+class Registry:
+    """Read-only access to one MLflow tracking server's model registry over an aiohttp session."""
 
-    def __init__(
-        self,
-        tracking_uri: str,
-        credentials: Credentials | None = None,
-        timeout: float = 10.0,
-        session: requests.Session | None = None,
-    ) -> None:
-        if not tracking_uri.startswith(("http://", "https://")):
-            raise RegistryUnreachable(
-                f"tracking URI {tracking_uri!r} is not an http(s) URL; the operator talks to a "
-                "tracking server, not to a local store"
-            )
-        self.base = tracking_uri.rstrip("/")
-        self.timeout = timeout
-        self.session = session or requests.Session()
+    def __init__(self, base: BaseURL, credentials: Credentials | None, session: aiohttp.ClientSession) -> None:
+        self.base = base
+        self.session = session
         creds = credentials or Credentials()
         self._headers: dict[str, str] = {"Accept": "application/json"}
-        self._auth: tuple[str, str] | None = None
+        self._auth: aiohttp.BasicAuth | None = None
         if creds.token:
             self._headers["Authorization"] = f"Bearer {creds.token}"
         elif creds.username:
-            self._auth = (creds.username, creds.password or "")
+            self._auth = aiohttp.BasicAuth(creds.username, creds.password or "")
 
-    # -- HTTP ------------------------------------------------------------------------------------
-    def _call(self, method: str, endpoint: str, what: str, **kwargs: Any) -> dict[str, Any]:
-        url = f"{self.base}{API}/{endpoint}"
+    async def _call(self, method: str, endpoint: str, what: str, params: dict[str, str] | None = None,
+                    payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        where = f"the registry at {self.base.origin}"
         try:
-            resp = self.session.request(
-                method, url, headers=self._headers, auth=self._auth, timeout=self.timeout, **kwargs
-            )
-        except requests.Timeout as exc:
-            raise RegistryUnreachable(f"registry at {self.base} timed out after {self.timeout:g}s") from exc
-        except requests.RequestException as exc:
-            raise RegistryUnreachable(f"registry at {self.base} is unreachable: {_short(exc)}") from exc
-        body = _json_or_none(resp)
-        message = (body or {}).get("message") or resp.text[:200].strip() or resp.reason
-        code = (body or {}).get("error_code", "")
-        if resp.status_code in (401, 403):
-            raise Unauthorized(
-                f"registry at {self.base} refused the credentials ({resp.status_code}) while reading {what}"
-            )
-        if resp.status_code == 404 or code == "RESOURCE_DOES_NOT_EXIST":
-            raise ModelNotFound(f"{what} not found in the registry at {self.base}: {message}")
-        if resp.status_code == 400 and code == "INVALID_PARAMETER_VALUE" and "not found" in message.lower():
-            raise ModelNotFound(f"{what} not found in the registry at {self.base}: {message}")
-        if resp.status_code >= 500:
-            raise RegistryUnreachable(f"registry at {self.base} answered {resp.status_code}: {message}")
-        if resp.status_code >= 400:
-            raise RegistryError(f"registry at {self.base} rejected the request for {what}: {message}")
-        if body is None:
-            raise RegistryUnreachable(
-                f"registry at {self.base} answered with something that is not JSON (is it an MLflow "
-                "tracking server?)"
-            )
+            async with self.session.request(method, self.base.join(f"{API}/{endpoint}"), params=params,
+                                            json=payload, headers=self._headers, auth=self._auth,
+                                            allow_redirects=False) as resp:
+                raw = await read_limited(resp, MAX_BODY_BYTES)
+                status = resp.status
+        except TimeoutError:
+            raise  # the caller's deadline: reported by whoever set it
+        except aiohttp.ClientError as exc:
+            raise RegistryUnreachable(f"{where} is unreachable ({type(exc).__name__})") from None
+        except OSError as exc:
+            raise RegistryUnreachable(f"{where} is unreachable ({exc.strerror or type(exc).__name__})") from None
+        body = _json_object(raw) if raw is not None else None
+        code = str((body or {}).get("error_code", ""))
+        message = str((body or {}).get("message", ""))
+        if status in (401, 403):
+            raise Unauthorized(f"{where} refused the credentials (HTTP {status}) while reading {what}")
+        if code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in message.lower()):
+            raise ModelNotFound(f"{what} not found in {where}")
+        if status >= 500:
+            raise RegistryUnreachable(f"{where} answered HTTP {status} while reading {what}")
+        if body is None or (status >= 400 and not code):
+            raise NotARegistry(f"{where} answered HTTP {status} to {API}/{endpoint}, not as an MLflow "
+                               "tracking server does: check spec.registry.trackingUri")
+        if status >= 400:
+            raise RegistryError(f"{where} rejected the request for {what} (HTTP {status}, {code})")
         return body
 
-    # -- registry calls --------------------------------------------------------------------------
-    def get_version(self, name: str, version: str) -> dict[str, Any]:
-        body = self._call("GET", "model-versions/get", f"model {name!r} version {version}",
-                          params={"name": name, "version": version})
-        return dict(body["model_version"])
+    async def get_version(self, name: str, version: str) -> dict[str, Any]:
+        body = await self._call("GET", "model-versions/get", f"model {name!r} version {version}",
+                                params={"name": name, "version": version})
+        return _model_version(body, self.base)
 
-    def get_by_alias(self, name: str, alias: str) -> dict[str, Any]:
-        body = self._call("GET", "registered-models/alias", f"alias {alias!r} of model {name!r}",
-                          params={"name": name, "alias": alias})
-        return dict(body["model_version"])
+    async def get_by_alias(self, name: str, alias: str) -> dict[str, Any]:
+        body = await self._call("GET", "registered-models/alias", f"alias {alias!r} of model {name!r}",
+                                params={"name": name, "alias": alias})
+        return _model_version(body, self.base)
 
-    def get_latest(self, name: str, stage: str | None) -> dict[str, Any]:
+    async def get_latest(self, name: str, stage: str | None) -> dict[str, Any]:
         what = f"model {name!r} in stage {stage}" if stage else f"latest version of model {name!r}"
         payload: dict[str, Any] = {"name": name}
         if stage:
             payload["stages"] = [stage]
-        body = self._call("POST", "registered-models/get-latest-versions", what, json=payload)
-        versions = [v for v in body.get("model_versions", [])
-                    if not stage or v.get("current_stage", "").lower() == stage.lower()]
+        body = await self._call("POST", "registered-models/get-latest-versions", what, payload=payload)
+        versions = [v for v in body.get("model_versions") or [] if isinstance(v, dict)
+                    and (not stage or str(v.get("current_stage", "")).lower() == stage.lower())]
         if not versions:
-            raise ModelNotFound(f"{what}: no version found in the registry at {self.base}")
-        return dict(max(versions, key=lambda v: int(v["version"])))
+            raise ModelNotFound(f"{what}: no version found in the registry at {self.base.origin}")
+        try:
+            return dict(max(versions, key=lambda v: int(v["version"])))
+        except (KeyError, TypeError, ValueError):
+            raise NotARegistry(f"the registry at {self.base.origin} listed versions without numbers") from None
 
-    def download_uri(self, name: str, version: str) -> str:
-        body = self._call("GET", "model-versions/get-download-uri", f"model {name!r} version {version}",
-                          params={"name": name, "version": version})
+    async def download_uri(self, name: str, version: str) -> str:
+        body = await self._call("GET", "model-versions/get-download-uri", f"model {name!r} version {version}",
+                                params={"name": name, "version": version})
         return str(body.get("artifact_uri", ""))
 
-    def resolve(self, ref: ModelRef) -> ResolvedModel:
+    async def resolve(self, ref: ModelRef) -> ResolvedModel:
         """Resolve a parsed URI to one ready model version."""
         if ref.kind is RefKind.ALIAS:
-            mv = self.get_by_alias(ref.name, ref.value)
+            mv = await self.get_by_alias(ref.name, ref.value)
         elif ref.kind is RefKind.VERSION:
-            mv = self.get_version(ref.name, ref.value)
+            mv = await self.get_version(ref.name, ref.value)
         elif ref.kind is RefKind.STAGE:
-            mv = self.get_latest(ref.name, ref.value)
+            mv = await self.get_latest(ref.name, ref.value)
         else:
-            mv = self.get_latest(ref.name, None)
-        version = str(mv["version"])
+            mv = await self.get_latest(ref.name, None)
+        version = str(mv.get("version", ""))
+        if not version.isdigit():
+            raise NotARegistry(f"the registry at {self.base.origin} answered a version that is not a number")
         status = mv.get("status", "READY")
         if status != "READY":
-            detail = mv.get("status_message") or status
-            raise VersionNotReady(f"model {ref.name!r} version {version} is not ready: {detail}")
+            raise VersionNotReady(f"model {ref.name!r} version {version} is not ready (MLflow status {status})")
         name = str(mv.get("name", ref.name))
         return ResolvedModel(
             name=name,
             version=version,
             run_id=str(mv.get("run_id") or ""),
             source=str(mv.get("source") or ""),
-            download_uri=self.download_uri(name, version),
+            download_uri=await self.download_uri(name, version),
             alias=ref.alias,
             stage=ref.value if ref.kind is RefKind.STAGE else None,
-            aliases=tuple(mv.get("aliases") or ()),
+            aliases=tuple(str(a) for a in mv.get("aliases") or ()),
         )
 
 
-def _json_or_none(resp: requests.Response) -> dict[str, Any] | None:
+class RegistryClient:
+    """A blocking facade over `Registry` for scripts and tests: one call, one session, one deadline."""
+
+    def __init__(self, tracking_uri: str, credentials: Credentials | None = None, timeout: float = 10.0) -> None:
+        try:
+            self.base = parse_base_url(tracking_uri, "tracking URI")
+        except InvalidURL as exc:
+            raise RegistryUnreachable(str(exc)) from None
+        self.credentials = credentials
+        self.timeout = timeout
+
+    def resolve(self, ref: ModelRef) -> ResolvedModel:
+        async def run() -> ResolvedModel:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        return await Registry(self.base, self.credentials, session).resolve(ref)
+                except TimeoutError:
+                    raise RegistryUnreachable(
+                        f"the registry at {self.base.origin} did not answer within {self.timeout:g}s") from None
+
+        return asyncio.run(run())
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
 
 
-def _short(exc: Exception) -> str:
-    """The innermost reason of a requests error, without the wall of urllib3 text."""
-    text = str(exc)
-    for marker in ("Failed to establish a new connection: ", "Name or service not known"):
-        if marker in text:
-            tail = text.split(marker, 1)[1]
-            return (marker + tail).split("'))")[0].rstrip(")")
-    return text[:200]
+def _model_version(body: dict[str, Any], base: BaseURL) -> dict[str, Any]:
+    mv = body.get("model_version")
+    if not isinstance(mv, dict):
+        raise NotARegistry(f"the registry at {base.origin} answered without a model_version")
+    return mv

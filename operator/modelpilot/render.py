@@ -8,107 +8,39 @@ templating YAML, so no user string can inject structure.
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
+from .names import (
+    ANNOTATION_MODEL_URI,
+    ANNOTATION_RESOLVED_FROM,
+    ANNOTATION_RUN_ID,
+    ANNOTATION_SOURCE_URI,
+    CONTAINER,
+    GATEWAY_API_VERSION,
+    GPU_RESOURCE,
+    LABEL_DEPLOYMENT,
+    LABEL_MODEL_NAME,
+    LABEL_MODEL_VERSION,
+    LABEL_TRACK,
+    SERVICE_PORT,
+    STABLE,
+    Owner,
+    common_labels,
+    deployment_name,
+    label_value,
+    route_name,
+    selector_labels,
+    service_name,
+    track_service_name,
+)
 from .registry import ResolvedModel
 from .spec import DeploymentSpec
-
-GROUP = "modelpilot.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
-
-LABEL_DEPLOYMENT = f"{GROUP}/deployment"
-LABEL_TRACK = f"{GROUP}/track"
-LABEL_MODEL_NAME = f"{GROUP}/model-name"
-LABEL_MODEL_VERSION = f"{GROUP}/model-version"
-ANNOTATION_MODEL_URI = f"{GROUP}/model-uri"
-ANNOTATION_SOURCE_URI = f"{GROUP}/source-uri"
-ANNOTATION_RESOLVED_FROM = f"{GROUP}/resolved-from"
-ANNOTATION_RUN_ID = f"{GROUP}/run-id"
-MANAGED_BY = "modelpilot"
-CONTAINER = "scoring-server"
-GPU_RESOURCE = "nvidia.com/gpu"
-SERVICE_PORT = 80
-GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
-
-_LABEL_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
-
-
-def label_value(text: str) -> str:
-    """A valid label value that still reads like `text`.
-
-    Label values are at most 63 characters of `[A-Za-z0-9_.-]`, starting and ending alphanumeric;
-    MLflow model names may hold spaces, slashes or be longer. Invalid characters become '-', and a
-    value that had to be changed or shortened gets a short hash so two names never collide.
-    """
-    clean = _LABEL_BAD.sub("-", text).strip("-_.")
-    if clean == text and len(clean) <= 63:
-        return clean
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{clean[:54].rstrip('-_.')}-{digest}".lstrip("-_.")
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The ModelDeployment that owns the rendered children."""
-
-    name: str
-    namespace: str
-    uid: str
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-
-def selector_labels(owner: Owner, track: str = "stable") -> dict[str, str]:
-    return {LABEL_DEPLOYMENT: owner.name, LABEL_TRACK: track}
-
-
-def common_labels(owner: Owner) -> dict[str, str]:
-    # No app.kubernetes.io/instance: Argo CD's label-based tracking reads it, and a child carrying it
-    # could be claimed (or pruned) by an Argo CD Application of that name. The instance is
-    # modelpilot.dev/deployment instead; nothing is copied from the parent's labels or annotations.
-    return {
-        "app.kubernetes.io/name": "modelpilot-scoring-server",
-        "app.kubernetes.io/component": "model-server",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        LABEL_DEPLOYMENT: owner.name,
-    }
-
-
-def deployment_name(owner: Owner, track: str = "stable") -> str:
-    return owner.name if track == "stable" else f"{owner.name}-{track}"
-
-
-def service_name(owner: Owner) -> str:
-    return owner.name
-
-
-def service_url(owner: Owner, settings: Settings) -> str:
-    return f"http://{service_name(owner)}.{owner.namespace}.svc.{settings.cluster_domain}"
-
-
-def pinned_uri(resolved: ResolvedModel) -> str:
-    """The immutable URI of one resolved version, as the serving pod receives it."""
-    return f"models:/{resolved.name}/{resolved.version}"
 
 
 def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "MODELPILOT_MODEL_URI", "value": pinned_uri(resolved)},
+        {"name": "MODELPILOT_MODEL_URI", "value": resolved.pinned},
         {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri},
         {"name": "MODELPILOT_PORT", "value": str(settings.server_port)},
         {"name": "MODELPILOT_WORKERS", "value": str(spec.runtime.workers)},
@@ -152,7 +84,7 @@ def render_deployment(
     spec: DeploymentSpec,
     resolved: ResolvedModel,
     settings: Settings,
-    track: str = "stable",
+    track: str = STABLE,
     replicas: int | None = None,
     resolved_from: str | None = None,
 ) -> dict[str, Any]:
@@ -170,7 +102,7 @@ def render_deployment(
         LABEL_MODEL_VERSION: label_value(resolved.version),
     }
     annotations = {
-        ANNOTATION_MODEL_URI: pinned_uri(resolved),
+        ANNOTATION_MODEL_URI: resolved.pinned,
         ANNOTATION_RESOLVED_FROM: resolved_from or spec.model_uri,
     }
     if resolved.source:
@@ -181,7 +113,7 @@ def render_deployment(
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
-        "args": ["--model-uri", pinned_uri(resolved)],
+        "args": ["--model-uri", resolved.pinned],
         "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"}],
         "env": _env(spec, resolved, settings),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
@@ -267,14 +199,6 @@ def render_service(owner: Owner, settings: Settings, track: str | None = None) -
             "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-
-
-def track_service_name(owner: Owner, track: str) -> str:
-    return f"{owner.name}-{track}"
-
-
-def route_name(owner: Owner) -> str:
-    return owner.name
 
 
 def render_http_route(owner: Owner, spec: DeploymentSpec, canary_weight: int | None, shadow: bool = False,

@@ -8,17 +8,23 @@ reconcile uses goes through `parse_spec`, which either returns a complete `Deplo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings
 from .durations import parse_duration
 from .uri import InvalidModelURI, ModelRef, parse_model_uri
+from .urls import BaseURL, InvalidURL, parse_base_url
 
 VARIANTS = ("cpu", "gpu")
 ROUTERS = ("auto", "gatewayAPI", "replicas")
 #: Shortest refresh interval accepted: polling a registry faster than this only adds load.
 MIN_REFRESH_SECONDS = 1.0
+#: A Kubernetes resource quantity (the API server's own grammar, as the CRD's pattern).
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+                    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+QUANTITY = re.compile(QUANTITY_PATTERN)
 
 
 class InvalidSpec(ValueError):
@@ -49,7 +55,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Analysis:
-    prometheus_url: str
+    prometheus: BaseURL
     max_error_rate: float | None
     max_p99_latency_ms: float | None
     #: Fewer canary requests than this in the window is "not enough data" (the rollout waits).
@@ -88,7 +94,8 @@ class TrafficSpec:
 class DeploymentSpec:
     model_uri: str
     model: ModelRef
-    tracking_uri: str
+    #: The registry, parsed (requests are built from its parts, never by string concatenation).
+    tracking: BaseURL
     credentials_secret: str | None
     #: True when the Secret was named in the spec (missing → error), False for the operator default
     #: (missing → no credentials).
@@ -102,6 +109,10 @@ class DeploymentSpec:
     tolerations: tuple[dict[str, Any], ...]
     canary: CanarySpec | None = None
     traffic: TrafficSpec = field(default_factory=TrafficSpec)
+
+    @property
+    def tracking_uri(self) -> str:
+        return str(self.tracking)
 
 
 def _dict(value: Any, path: str) -> dict[str, Any]:
@@ -133,18 +144,7 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
     except InvalidModelURI as exc:
         raise InvalidSpec(f"spec.model.uri: {exc}") from exc
 
-    registry = _dict(spec.get("registry"), "spec.registry")
-    tracking_uri = registry.get("trackingUri") or settings.default_tracking_uri
-    if not tracking_uri:
-        raise InvalidSpec(
-            "spec.registry.trackingUri is not set and the operator has no default tracking URI "
-            "(MODELPILOT_DEFAULT_TRACKING_URI)"
-        )
-    secret_ref = _dict(registry.get("credentialsSecretRef"), "spec.registry.credentialsSecretRef")
-    secret = secret_ref.get("name") or None
-    required = secret is not None
-    if secret is None:
-        secret = settings.default_credentials_secret or None
+    tracking, secret, required = _registry(_dict(spec.get("registry"), "spec.registry"), settings)
 
     raw_refresh = spec.get("refreshInterval")
     try:
@@ -163,6 +163,9 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
     env = runtime_raw.get("env") or []
     if not isinstance(env, list) or not all(isinstance(e, dict) and e.get("name") for e in env):
         raise InvalidSpec("spec.runtime.env must be a list of {name, value} objects")
+    for i, entry in enumerate(env):
+        if "value" in entry and "valueFrom" in entry:
+            raise InvalidSpec(f"spec.runtime.env[{i}] ({entry['name']}) sets both value and valueFrom")
     runtime = Runtime(
         variant=variant,
         workers=_int(runtime_raw.get("workers"), "spec.runtime.workers", 1, minimum=1),
@@ -180,6 +183,11 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         raise InvalidSpec("spec.resources.gpu is set but spec.runtime.variant is not gpu")
     k8s_resources = {k: dict(_dict(v, f"spec.resources.{k}")) for k, v in resources.items()
                      if k in ("requests", "limits") and v}
+    for kind, amounts in k8s_resources.items():
+        for resource, amount in amounts.items():
+            if isinstance(amount, bool) or not QUANTITY.match(str(amount)):
+                raise InvalidSpec(f"spec.resources.{kind}.{resource} must be a quantity such as 500m, 2 or 1Gi, "
+                                  f"got {amount!r}")
 
     node_selector = _dict(spec.get("nodeSelector"), "spec.nodeSelector")
     tolerations = spec.get("tolerations") or []
@@ -192,7 +200,7 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
     return DeploymentSpec(
         model_uri=uri,
         model=ref,
-        tracking_uri=tracking_uri,
+        tracking=tracking,
         credentials_secret=secret,
         credentials_required=required,
         refresh_seconds=refresh,
@@ -280,8 +288,10 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
         if not url:
             raise InvalidSpec("spec.canary.analysis.prometheusUrl is not set and the operator has no default "
                               "(MODELPILOT_DEFAULT_PROMETHEUS_URL)")
-        if not str(url).startswith(("http://", "https://")):
-            raise InvalidSpec(f"spec.canary.analysis.prometheusUrl must be an http(s) URL, got {url!r}")
+        try:
+            prometheus = parse_base_url(url, "spec.canary.analysis.prometheusUrl")
+        except InvalidURL as exc:
+            raise InvalidSpec(str(exc)) from None
         max_error = _number(a.get("maxErrorRate"), "spec.canary.analysis.maxErrorRate")
         if max_error is not None and max_error > 1:
             raise InvalidSpec(f"spec.canary.analysis.maxErrorRate is a share between 0 and 1, got {max_error:g}")
@@ -300,7 +310,7 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
             raise InvalidSpec("spec.canary.analysis.queries takes non-empty PromQL strings under errorRate, "
                               f"p99LatencyMs and requests{extra}")
         analysis = Analysis(
-            prometheus_url=str(url).rstrip("/"),
+            prometheus=prometheus,
             max_error_rate=max_error,
             max_p99_latency_ms=max_p99,
             min_requests=_int(a.get("minRequests"), "spec.canary.analysis.minRequests", 10),
@@ -320,3 +330,48 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
         analysis=analysis,
         shadow=shadow,
     )
+
+
+def _registry(registry: dict[str, Any], settings: Settings) -> tuple[BaseURL, str | None, bool]:
+    """The registry to ask and the Secret to ask it with: (tracking URL, Secret name, Secret required).
+
+    A credential only ever goes to the registry it was configured for: the operator's default Secret
+    goes with the operator's default tracking URI alone; a registry the spec chose gets only the Secret
+    the spec names (in its own namespace), and must be on the platform's allowlist when there is one.
+    """
+    default = None
+    if settings.default_tracking_uri:
+        try:
+            default = parse_base_url(settings.default_tracking_uri, "MODELPILOT_DEFAULT_TRACKING_URI")
+        except InvalidURL as exc:
+            raise InvalidSpec(f"the operator's default tracking URI is invalid: {exc}") from None
+    secret_ref = _dict(registry.get("credentialsSecretRef"), "spec.registry.credentialsSecretRef")
+    named = secret_ref.get("name") or None
+    if named is not None and not isinstance(named, str):
+        raise InvalidSpec("spec.registry.credentialsSecretRef.name must be a string")
+    raw = registry.get("trackingUri")
+    if raw in (None, ""):
+        if default is None:
+            raise InvalidSpec("spec.registry.trackingUri is not set and the operator has no default tracking URI "
+                              "(MODELPILOT_DEFAULT_TRACKING_URI)")
+        return default, named or settings.default_credentials_secret or None, named is not None
+    try:
+        tracking = parse_base_url(raw, "spec.registry.trackingUri")
+    except InvalidURL as exc:
+        raise InvalidSpec(str(exc)) from None
+    if tracking == default:
+        return tracking, named or settings.default_credentials_secret or None, named is not None
+    if settings.allowed_registry_urls and not any(_admits(entry, tracking) for entry in settings.allowed_registry_urls):
+        raise InvalidSpec(f"spec.registry.trackingUri {tracking.origin} is not among the registries this platform "
+                          "allows (MODELPILOT_ALLOWED_REGISTRY_URLS); ask the platform team, or leave it unset "
+                          "to use the default registry")
+    return tracking, named, named is not None
+
+
+def _admits(entry: str, url: BaseURL) -> bool:
+    try:
+        allowed = parse_base_url(entry, "MODELPILOT_ALLOWED_REGISTRY_URLS")
+    except InvalidURL:
+        return False
+    same_origin = (allowed.scheme, allowed.host.lower(), allowed.port) == (url.scheme, url.host.lower(), url.port)
+    return same_origin and (url.path == allowed.path or url.path.startswith(allowed.path + "/"))

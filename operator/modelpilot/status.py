@@ -4,75 +4,34 @@ Conditions follow the Kubernetes API conventions: a list keyed by `type`, `statu
 a CamelCase `reason`, a sentence in `message`, `lastTransitionTime` that only moves when `status`
 changes, and `observedGeneration`. `Ready` summarises the others, so a person (or Argo CD's health
 check) can read one condition.
+
+One pure function, `build_status`, makes the whole status and the events that go with it from what
+one reconcile observed and decided; the reconcile writes the result once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .children import Applied
+from .names import LABEL_DEPLOYMENT, LABEL_TRACK, STABLE, Owner
+from .observe import Problem, Rollout, deployment_key
+from .plan import Decision
 from .registry import ResolvedModel
+from .spec import CanarySpec
 
 READY = "Ready"
 MODEL_RESOLVED = "ModelResolved"
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-CONDITION_ORDER = (READY, MODEL_RESOLVED, AVAILABLE, PROGRESSING, DEGRADED)
+#: Ready comes last: it is computed from the others and summarises them.
+CONDITION_ORDER = (MODEL_RESOLVED, AVAILABLE, PROGRESSING, DEGRADED, READY)
+#: A Degraded reason that does not make Ready False: the rollback is done and stable serves as it should.
+SETTLED_DEGRADATIONS = ("RolledBack",)
 
-
-@dataclass(frozen=True)
-class Problem:
-    """Why the spec could not be resolved or acted on."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Rollout:
-    """What the stable Deployment reports (None fields when it does not exist yet)."""
-
-    exists: bool = False
-    desired: int = 0
-    replicas: int = 0
-    ready: int = 0
-    updated: int = 0
-    available: int = 0
-    #: The Deployment controller has seen our latest template.
-    observed: bool = False
-    #: Deployment condition Progressing=False/ProgressDeadlineExceeded or ReplicaFailure=True.
-    failure: str | None = None
-
-    @classmethod
-    def from_deployment(cls, deployment: dict[str, Any] | None) -> Rollout:
-        if not deployment:
-            return cls()
-        spec = deployment.get("spec") or {}
-        status = deployment.get("status") or {}
-        generation = (deployment.get("metadata") or {}).get("generation", 0)
-        failure = None
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-                failure = cond.get("message") or "progress deadline exceeded"
-            if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-                failure = cond.get("message") or "replica failure"
-        return cls(
-            exists=True,
-            desired=int(spec.get("replicas", 1)),
-            replicas=int(status.get("replicas", 0)),
-            ready=int(status.get("readyReplicas", 0)),
-            updated=int(status.get("updatedReplicas", 0)),
-            available=int(status.get("availableReplicas", 0)),
-            observed=int(status.get("observedGeneration", 0)) >= int(generation),
-            failure=failure,
-        )
-
-    @property
-    def complete(self) -> bool:
-        """Every replica runs the latest template and nothing old is left."""
-        return (self.exists and self.observed and self.updated >= self.desired
-                and self.replicas == self.updated and self.available >= self.desired)
+Event = tuple[str, str, str]  # (type, reason, message)
 
 
 def condition(type_: str, ok: bool | None, reason: str, message: str) -> dict[str, Any]:
@@ -99,21 +58,125 @@ def merge_conditions(
     return out
 
 
-def compute_conditions(
-    resolved: ResolvedModel | None,
-    problem: Problem | None,
-    rollout: Rollout,
-    previous_version: str | None = None,
-) -> list[dict[str, Any]]:
-    """The condition list (without timestamps) for one observation.
+@dataclass(frozen=True)
+class Facts:
+    """What one reconcile observed and decided: everything the status is built from."""
 
-    `resolved` is what is being served: freshly resolved, or the last known version kept while the
-    registry is failing (`problem` is then set too).
-    """
+    owner: Owner
+    generation: int
+    old: dict[str, Any]
+    now: str
+    url: str
+    model_uri: str = ""
+    #: The spec cannot be acted upon (the message names the field).
+    spec_error: str | None = None
+    canary_spec: CanarySpec | None = None
+    #: Resolving spec.model.uri failed (the last resolved version may still serve).
+    problem: Problem | None = None
+    #: An answer from the registry is awaited; the previous ModelResolved condition stands.
+    pending: bool = False
+    canary_problem: Problem | None = None
+    decision: Decision | None = None
+    applied: Applied | None = None
+    events: tuple[Event, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Report:
+    status: dict[str, Any]
+    events: list[Event]
+
+
+def build_status(f: Facts) -> Report:
+    if f.spec_error is not None:
+        conds = [condition(MODEL_RESOLVED, False, "InvalidSpec", f.spec_error),
+                 condition(DEGRADED, True, "InvalidSpec", f.spec_error),
+                 condition(READY, False, "InvalidSpec", f.spec_error)]
+        conditions = merge_conditions(f.old.get("conditions"), conds, f.now, f.generation)
+        return Report({"observedGeneration": f.generation, "conditions": conditions},
+                      _condition_events(f.old, conditions))
+    assert f.decision is not None and f.applied is not None
+    plan = f.decision.rollout
+    blocked = _blocked(f.applied)
+    dep = f.applied.objects.get(deployment_key(f.owner))
+    rollout = Rollout.from_deployment(dep if f.owner.controls(dep) else None)
+    old_model: dict[str, Any] = f.old.get("model") or {}
+    previous_version = old_model.get("version")
+    deployed = plan.stable if blocked is None else None
+    serving = deployed or (ResolvedModel.from_status(old_model) if rollout.exists and previous_version else None)
+
+    by_type = {c["type"]: c for c in compute_conditions(serving, f.problem, rollout, previous_version)}
+    if f.pending:
+        old_resolved = next((c for c in f.old.get("conditions") or [] if c.get("type") == MODEL_RESOLVED), None)
+        if old_resolved is not None:
+            by_type[MODEL_RESOLVED] = {k: old_resolved[k] for k in ("type", "status", "reason", "message")}
+    _canary_conditions(by_type, f.canary_spec, f.decision, f.canary_problem)
+    if blocked is not None:
+        by_type[DEGRADED] = condition(DEGRADED, True, blocked.reason, blocked.message)
+    by_type[READY] = _ready(by_type, rollout, serving, previous_version, blocked)
+    conditions = merge_conditions(f.old.get("conditions"), [by_type[t] for t in CONDITION_ORDER if t in by_type],
+                                  f.now, f.generation)
+
+    status: dict[str, Any] = {
+        "observedGeneration": f.generation,
+        "conditions": conditions,
+        "replicas": rollout.replicas,
+        "readyReplicas": rollout.ready,
+        "updatedReplicas": rollout.updated,
+        "selector": f"{LABEL_DEPLOYMENT}={f.owner.name},{LABEL_TRACK}={STABLE}",
+        "url": f.url,
+    }
+    events: list[Event] = []
+    if blocked is None:
+        status["canary"] = f.decision.canary_status
+        status["rejected"] = plan.rejected
+        if plan.finished is not None:
+            status["lastRollout"] = plan.finished
+        events += plan.events
+    if deployed is not None:
+        status["model"] = deployed.to_status(f.decision.stable_from)
+        change = f.old.get("lastVersionChange")
+        if previous_version and previous_version != deployed.version:
+            change = {"from": previous_version, "to": deployed.version, "time": f.now}
+            events.insert(0, ("Normal", "VersionChanged", f"{f.model_uri} moved from version {previous_version} "
+                                                           f"to {deployed.version}; rolling out"))
+        elif not previous_version:
+            events.insert(0, ("Normal", "Resolved",
+                              f"Resolved {f.model_uri} to {deployed.name} version {deployed.version}"))
+        if change:
+            status["lastVersionChange"] = change
+        if rollout.complete and rollout.template_version == deployed.version:
+            status["knownGoodVersion"] = deployed.version
+    return Report(status, events + _condition_events(f.old, conditions))
+
+
+def _blocked(applied: Applied) -> Problem | None:
+    """Why nothing (or not everything) could be written to the children."""
+    if applied.conflicts:
+        names = ", ".join(applied.conflicts)
+        return Problem("NameConflict", f"{names} already exists and is not controlled by this ModelDeployment; "
+                       "nothing is changed until it is removed or this ModelDeployment is renamed")
+    if applied.failure is not None:
+        what, message = applied.failure
+        return Problem("ApplyFailed", f"the API server refused {what}: {message}")
+    return None
+
+
+def compute_conditions(resolved: ResolvedModel | None, problem: Problem | None, rollout: Rollout,
+                       previous_version: str | None = None) -> list[dict[str, Any]]:
+    """The stable track's conditions, Ready included (before canary and write problems are added)."""
+    by_type = {c["type"]: c for c in _base_conditions(resolved, problem, rollout, previous_version)}
+    by_type[READY] = _ready(by_type, rollout, resolved, previous_version, None)
+    return [by_type[t] for t in CONDITION_ORDER]
+
+
+def _base_conditions(resolved: ResolvedModel | None, problem: Problem | None, rollout: Rollout,
+                     previous_version: str | None) -> list[dict[str, Any]]:
+    """ModelResolved, Available, Progressing and Degraded for the stable track."""
     conds: list[dict[str, Any]] = []
     if problem is None and resolved is not None:
-        target = f"version {resolved.version}"
-        conds.append(condition(MODEL_RESOLVED, True, "Resolved", f"resolved to {resolved.name} {target}"))
+        conds.append(condition(MODEL_RESOLVED, True, "Resolved", f"resolved to {resolved.name} version "
+                               f"{resolved.version}"))
     elif problem is not None:
         keep = (f"; still serving the last resolved version {resolved.version}" if resolved else
                 "; nothing deployed until it resolves")
@@ -129,22 +192,16 @@ def compute_conditions(
         conds.append(condition(AVAILABLE, True, "MinimumReplicasAvailable",
                                f"{rollout.ready}/{rollout.desired} replicas ready"))
     else:
-        conds.append(condition(AVAILABLE, False, "NoReplicasReady",
-                               f"0/{rollout.desired} replicas ready"))
+        conds.append(condition(AVAILABLE, False, "NoReplicasReady", f"0/{rollout.desired} replicas ready"))
 
+    version = resolved.version if resolved else "?"
     if rollout.exists and rollout.failure:
         conds.append(condition(PROGRESSING, False, "RolloutFailed", rollout.failure))
     elif rollout.exists and not rollout.complete:
-        version = resolved.version if resolved else "?"
-        moving = (f"rolling out version {version} (from {previous_version})"
-                  if previous_version and previous_version != version else f"rolling out version {version}")
-        conds.append(condition(PROGRESSING, True, "RollingOut",
-                               f"{moving}: {rollout.updated}/{rollout.desired} updated, "
-                               f"{rollout.ready} ready"))
+        conds.append(condition(PROGRESSING, True, "RollingOut", _rolling(rollout, version, previous_version)))
     elif rollout.exists:
-        conds.append(condition(PROGRESSING, False, "RolloutComplete",
-                               f"all {rollout.desired} replicas run version "
-                               f"{resolved.version if resolved else '?'}"))
+        conds.append(condition(PROGRESSING, False, "RolloutComplete", f"all {rollout.desired} replicas run "
+                               f"version {version}"))
     else:
         conds.append(condition(PROGRESSING, False, "NotDeployed", "nothing to roll out yet"))
 
@@ -154,25 +211,71 @@ def compute_conditions(
         conds.append(condition(DEGRADED, True, "RolloutFailed", rollout.failure))
     else:
         conds.append(condition(DEGRADED, False, "AsExpected", "no problem detected"))
-
-    if problem is not None:
-        ready = condition(READY, False, problem.reason, conds[0]["message"])
-    elif rollout.failure:
-        ready = condition(READY, False, "RolloutFailed", rollout.failure)
-    elif not rollout.exists:
-        ready = condition(READY, False, "NotDeployed", "the serving Deployment is being created")
-    elif not rollout.complete:
-        ready = condition(READY, False, "RollingOut", conds[2]["message"])
-    else:
-        version = resolved.version if resolved else "?"
-        ready = condition(READY, True, "Serving",
-                          f"serving version {version} with {rollout.ready}/{rollout.desired} replicas ready")
-    return [ready, *conds]
+    return conds
 
 
-def invalid_spec_conditions(message: str) -> list[dict[str, Any]]:
-    return [
-        condition(READY, False, "InvalidSpec", message),
-        condition(MODEL_RESOLVED, False, "InvalidSpec", message),
-        condition(DEGRADED, True, "InvalidSpec", message),
-    ]
+def _rolling(rollout: Rollout, version: str, previous_version: str | None) -> str:
+    moving = (f"rolling out version {version} (from {previous_version})"
+              if previous_version and previous_version != version else f"rolling out version {version}")
+    return f"{moving}: {rollout.updated}/{rollout.desired} updated, {rollout.ready} ready"
+
+
+def _canary_conditions(by_type: dict[str, dict[str, Any]], canary_spec: CanarySpec | None, decision: Decision,
+                       canary_problem: Problem | None) -> None:
+    """Progressing while a progressive rollout runs; Degraded after a rollback or when the canary can't run."""
+    canary_status = decision.canary_status
+    if canary_status is not None and canary_spec is not None and canary_spec.progressive:
+        by_type[PROGRESSING] = condition(PROGRESSING, True, "CanaryRollout",
+                                         f"canary version {canary_status['version']}: {canary_status['message']}")
+    if canary_spec is None or by_type[DEGRADED]["status"] == "True":
+        return
+    rejected = decision.rollout.rejected
+    if decision.router_problem:
+        by_type[DEGRADED] = condition(DEGRADED, True, "TrafficRouterUnavailable", decision.router_problem)
+    elif canary_problem is not None:
+        by_type[DEGRADED] = condition(DEGRADED, True, canary_problem.reason,
+                                      f"spec.canary.model.uri: {canary_problem.message}")
+    elif rejected:
+        by_type[DEGRADED] = condition(DEGRADED, True, "RolledBack",
+                                      f"version {rejected.get('version')} was rolled back ({rejected.get('reason')}); "
+                                      "stable keeps serving until the candidate moves to another version")
+
+
+def _ready(by_type: dict[str, dict[str, Any]], rollout: Rollout, serving: ResolvedModel | None,
+           previous_version: str | None, blocked: Problem | None) -> dict[str, Any]:
+    """Ready, from the other conditions: True only when the stable track serves as the spec asks."""
+    if blocked is not None:
+        return condition(READY, False, blocked.reason, blocked.message)
+    resolved, degraded = by_type[MODEL_RESOLVED], by_type[DEGRADED]
+    if resolved["status"] == "False":
+        return condition(READY, False, resolved["reason"], resolved["message"])
+    if degraded["status"] == "True" and degraded["reason"] not in SETTLED_DEGRADATIONS:
+        return condition(READY, False, degraded["reason"], degraded["message"])
+    if not rollout.exists:
+        if resolved["status"] == "Unknown":
+            return condition(READY, False, "Resolving", "resolving the model URI")
+        return condition(READY, False, "NotDeployed", "the serving Deployment is being created")
+    version = serving.version if serving else "?"
+    if not rollout.complete:
+        return condition(READY, False, "RollingOut", _rolling(rollout, version, previous_version))
+    return condition(READY, True, "Serving", f"serving version {version} with {rollout.ready}/{rollout.desired} "
+                     "replicas ready")
+
+
+def _condition_events(old: dict[str, Any], conditions: list[dict[str, Any]]) -> list[Event]:
+    """A Warning when resolution starts failing (or fails differently), Normal when it recovers, and a
+    Warning when Ready turns to a conflict or a refused write (again when the message changes)."""
+    events: list[Event] = []
+    before = {c.get("type"): c for c in old.get("conditions") or []}
+    after = {c["type"]: c for c in conditions}
+    was, now = before.get(MODEL_RESOLVED) or {}, after.get(MODEL_RESOLVED)
+    if now is not None and now["status"] == "False" and (was.get("status") != "False"
+                                                         or was.get("reason") != now["reason"]):
+        events.append(("Warning", now["reason"], now["message"]))
+    elif now is not None and now["status"] == "True" and was.get("status") == "False":
+        events.append(("Normal", "Recovered", now["message"]))
+    was, now = before.get(READY) or {}, after.get(READY)
+    if now is not None and now["reason"] in ("NameConflict", "ApplyFailed") and (
+            was.get("reason") != now["reason"] or was.get("message") != now["message"]):
+        events.append(("Warning", now["reason"], now["message"]))
+    return events

@@ -19,6 +19,21 @@ from typing import Generic, TypeVar
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+#: Longest wait between retries of a failing key, in seconds.
+MAX_ERROR_DELAY = 300.0
+
+
+class Retry(Exception):
+    """The work failed in a way already reported (status, event): retry with backoff, log one line."""
+
+
+def error_backoff(base: float, failures: int, cap: float = MAX_ERROR_DELAY) -> float:
+    """base · 2^failures, capped; the exponent is bounded so no count of failures overflows."""
+    return min(base * 2.0 ** min(max(failures, 0), 30), cap)
+
+
+class Stalled(Exception):
+    """The queue has work due but finished none for too long (the liveness probe fails)."""
 
 
 class WorkQueue(Generic[K]):
@@ -26,7 +41,7 @@ class WorkQueue(Generic[K]):
                  error_delay: Callable[[K, int], float] | None = None) -> None:
         self._process = process
         self._workers = workers
-        self._error_delay = error_delay or (lambda _key, n: min(2.0 ** n, 300.0))
+        self._error_delay = error_delay or (lambda _key, n: error_backoff(1.0, n))
         self._due: dict[K, float] = {}
         self._running: set[K] = set()
         self._dirty: set[K] = set()
@@ -35,6 +50,8 @@ class WorkQueue(Generic[K]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._tasks: set[asyncio.Task[None]] = set()
+        #: loop time of the last finished piece of work (or of the start)
+        self._progress = 0.0
 
     def add(self, key: K, delay: float = 0.0) -> None:
         """Ask for `key` to be processed after `delay` seconds (the earliest request wins)."""
@@ -48,12 +65,27 @@ class WorkQueue(Generic[K]):
             self._due[key] = at
             self._wake.set()
 
+    def add_threadsafe(self, key: K) -> None:
+        """`add(key)` from another thread (e.g. when a registry answer arrives)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.add, key)
+
+    def check_progress(self, stall_seconds: float) -> None:
+        """Raise Stalled when work has been due for `stall_seconds` and none finished meanwhile."""
+        if self._loop is None:
+            return
+        now = self._loop.time()
+        overdue = any(now - at > stall_seconds for key, at in self._due.items() if key not in self._running)
+        if overdue and now - self._progress > stall_seconds:
+            raise Stalled(f"no reconcile finished for {now - self._progress:.0f}s with {len(self)} keys waiting")
+
     def __len__(self) -> int:
         return len(self._due) + len(self._running)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._progress = self._loop.time()
         while True:
             now = self._loop.time()
             for key in [k for k, at in self._due.items() if at <= now and k not in self._running]:
@@ -74,13 +106,17 @@ class WorkQueue(Generic[K]):
         try:
             requeue = await self._loop.run_in_executor(self._executor, self._process, key)
             self._errors.pop(key, None)
-        except Exception:
+        except Exception as exc:
             count = self._errors.get(key, 0) + 1
             self._errors[key] = count
             requeue = self._error_delay(key, count)
-            log.exception("Reconcile of %s failed (attempt %d), retrying in %.0fs", key, count, requeue)
+            if isinstance(exc, Retry):
+                log.warning("Reconcile of %s: %s (attempt %d), retrying in %.0fs", key, exc, count, requeue)
+            else:
+                log.exception("Reconcile of %s failed (attempt %d), retrying in %.0fs", key, count, requeue)
         finally:
             self._running.discard(key)
+            self._progress = self._loop.time()
         if key in self._dirty:
             self._dirty.discard(key)
             requeue = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -258,7 +259,7 @@ def test_default_prometheus_comes_from_the_operator() -> None:
     parsed = parse_spec({"model": {"uri": "models:/f@c"}, "canary": {"steps": [{"weight": 5, "pause": "1m"}],
                          "analysis": {"maxP99LatencyMs": 200}}},
                         Settings(default_tracking_uri="http://m", default_prometheus_url="http://prom:9090/"))
-    assert parsed.canary and parsed.canary.analysis and parsed.canary.analysis.prometheus_url == "http://prom:9090"
+    assert parsed.canary and parsed.canary.analysis and str(parsed.canary.analysis.prometheus) == "http://prom:9090"
 
 
 # -- analysis -----------------------------------------------------------------------------------------
@@ -284,12 +285,12 @@ def test_evaluate(values: dict[str, float | None], outcome: str, text: str) -> N
     assert analysis is not None
     limits = type(analysis)(**{**analysis.__dict__, "max_p99_latency_ms": 250.0})
 
-    def query(promql: str) -> float | None:
+    async def query(promql: str) -> float | None:
         key = ("requests" if "increase(" in promql else "errorRate" if '5..' in promql
                else "p99LatencyMs" if "histogram_quantile" in promql else "")
         return values.get(key)
 
-    verdict = evaluate(limits, {"namespace": "n", "name": "f", "model": "m", "version": "2"}, 60, query)
+    verdict = asyncio.run(evaluate(limits, {"namespace": "n", "name": "f", "model": "m", "version": "2"}, 60, query))
     assert verdict.outcome == outcome and text in verdict.message, verdict
 
 

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelpilot import render
+from modelpilot import names, render
 from modelpilot.config import Settings
 from modelpilot.registry import ResolvedModel
 from modelpilot.spec import InvalidSpec, parse_spec
 
 SETTINGS = Settings(default_tracking_uri="http://mlflow.mlflow.svc:5000")
-OWNER = render.Owner(name="fraud", namespace="risk", uid="1234-abcd")
+OWNER = names.Owner(name="fraud", namespace="risk", uid="1234-abcd")
 RESOLVED = ResolvedModel(name="fraud-detector", version="7", run_id="r1", source="mlflow-artifacts:/1/x",
                          alias="champion")
 
@@ -139,14 +139,14 @@ LABEL = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.\-]{0,61}[A-Za-z0-9])?)?$")
 
 @given(st.text(min_size=1, max_size=300))
 def test_label_value_is_always_valid(text: str) -> None:
-    value = render.label_value(text)
+    value = names.label_value(text)
     assert LABEL.match(value), value
 
 
 def test_label_value_keeps_clean_names_and_separates_mangled_ones() -> None:
-    assert render.label_value("fraud-detector") == "fraud-detector"
-    assert render.label_value("a b") != render.label_value("a/b")
-    assert len(render.label_value("x" * 100)) <= 63
+    assert names.label_value("fraud-detector") == "fraud-detector"
+    assert names.label_value("a b") != names.label_value("a/b")
+    assert len(names.label_value("x" * 100)) <= 63
 
 
 @pytest.mark.parametrize(

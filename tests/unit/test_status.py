@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from modelpilot.observe import Problem, Rollout
 from modelpilot.registry import ResolvedModel
-from modelpilot.status import Problem, Rollout, compute_conditions, merge_conditions
+from modelpilot.status import compute_conditions, merge_conditions
 
 V7 = ResolvedModel(name="m", version="7")
 

@@ -1,0 +1,179 @@
+"""Model resolution: the one place that asks a registry, with its cache, credentials and backoff.
+
+Each (ModelDeployment, track) keeps its last answer until `refreshInterval` has passed (or, after a
+failure, until its backoff has). A due resolution is a call on the `outbound` thread: the reconcile
+waits a moment for it and otherwise goes on with what it knew; the answer re-enqueues the key. So a
+slow registry never holds a reconcile worker, and identical questions asked at once (same registry,
+URI and credentials) share one call.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+
+from . import metrics
+from .config import Settings
+from .observe import Problem
+from .outbound import Outbound, wait
+from .registry import Credentials, Registry, RegistryError, RegistryUnreachable, ResolvedModel
+from .spec import DeploymentSpec
+from .uri import ModelRef
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+SecretReader = Callable[[str, str], dict[str, str] | None]
+
+
+class CredentialsInvalid(RegistryError):
+    """The credentials Secret is missing or holds neither a token nor a username."""
+
+    reason = "CredentialsSecretInvalid"
+    transient = False
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What the operator last learned from the registry for one URI of one ModelDeployment."""
+
+    #: (model URI, tracking URL, Secret name, digest of the credentials): a change forces a new answer.
+    identity: tuple[str, str, str | None, str]
+    resolved: ResolvedModel | None
+    problem: Problem | None
+    #: monotonic time at which the next resolution is due.
+    next_at: float
+    failures: int = 0
+    #: An answer is being fetched; `resolved`/`problem` are the previous ones.
+    pending: bool = False
+
+
+@dataclass
+class _Entry:
+    resolution: Resolution
+    future: concurrent.futures.Future[Any] | None = None
+
+
+def backoff(base: float, failures: int, cap: float) -> float:
+    """base · 2^(failures-1), capped; never overflows however many failures."""
+    return min(base * 2.0 ** min(max(failures - 1, 0), 30), cap)
+
+
+class Resolver:
+    def __init__(self, outbound: Outbound, settings: Settings, read_secret: SecretReader,
+                 on_answer: Callable[[Key], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.outbound = outbound
+        self.settings = settings
+        self.read_secret = read_secret
+        self.on_answer = on_answer
+        self.clock = clock
+        self._entries: dict[tuple[str, str, str], _Entry] = {}
+        self._lock = threading.Lock()
+
+    def credentials(self, namespace: str, spec: DeploymentSpec) -> Credentials | None:
+        if not spec.credentials_secret:
+            return None
+        data = self.read_secret(namespace, spec.credentials_secret)
+        if data is None:
+            if spec.credentials_required:
+                raise CredentialsInvalid(
+                    f"Secret {spec.credentials_secret!r} named in spec.registry.credentialsSecretRef "
+                    f"does not exist in namespace {namespace!r}")
+            return None
+        creds = Credentials(token=data.get("token") or None, username=data.get("username") or None,
+                            password=data.get("password") or None)
+        if not creds.token and not creds.username:
+            raise CredentialsInvalid(f"Secret {spec.credentials_secret!r} has neither a 'token' key nor "
+                                     "'username'/'password' keys")
+        return creds
+
+    def lookup(self, key: Key, track: str, spec: DeploymentSpec, uri: str, ref: ModelRef) -> Resolution:
+        """The cached answer while it is fresh; else ask (at most once per interval), briefly waiting."""
+        entry_key = (*key, track)
+        now = self.clock()
+        try:
+            creds = self.credentials(key[0], spec)
+        except RegistryError as exc:
+            identity = (uri, spec.tracking_uri, spec.credentials_secret, "")
+            return self._record(entry_key, identity, None, exc, spec, now)
+        identity = (uri, spec.tracking_uri, spec.credentials_secret, _digest(creds))
+        with self._lock:
+            entry = self._entries.get(entry_key)
+        if entry is not None and entry.resolution.identity != identity:
+            entry = None
+        if entry is not None and entry.future is None and now < entry.resolution.next_at:
+            return entry.resolution
+        future = entry.future if entry is not None and entry.future is not None else self._ask(
+            key, entry_key, identity, spec, ref, creds)
+        if not wait(future, self.settings.outbound_wait_seconds):
+            previous = entry.resolution if entry is not None else Resolution(identity, None, None, now)
+            pending = replace(previous, pending=True, next_at=now + self.settings.registry_timeout_seconds)
+            with self._lock:
+                self._entries[entry_key] = _Entry(pending, future)
+            return pending
+        error = future.exception()
+        if isinstance(error, TimeoutError):
+            error = RegistryUnreachable(f"the registry at {spec.tracking.origin} did not answer within "
+                                        f"{self.settings.registry_timeout_seconds:g}s")
+        if error is not None and not isinstance(error, RegistryError):
+            log.error("Resolving %s for %s/%s failed unexpectedly: %r", uri, *key, error)
+            error = RegistryUnreachable(f"resolving failed unexpectedly ({type(error).__name__})")
+        return self._record(entry_key, identity, None if error else future.result(), error, spec, now)
+
+    def _ask(self, key: Key, entry_key: tuple[str, str, str], identity: tuple[str, str, str | None, str],
+             spec: DeploymentSpec, ref: ModelRef, creds: Credentials | None) -> concurrent.futures.Future[Any]:
+        tracking = spec.tracking
+
+        async def call(session: aiohttp.ClientSession) -> ResolvedModel:
+            return await Registry(tracking, creds, session).resolve(ref)
+
+        def answered(future: concurrent.futures.Future[Any]) -> None:
+            with self._lock:
+                entry = self._entries.get(entry_key)
+            if entry is not None and entry.future is future:
+                self.on_answer(key)
+
+        flight = ("registry", identity)
+        return self.outbound.submit(flight, tracking.origin, self.settings.registry_timeout_seconds, call, answered)
+
+    def _record(self, entry_key: tuple[str, str, str], identity: tuple[str, str, str | None, str],
+                resolved: ResolvedModel | None, error: BaseException | None, spec: DeploymentSpec,
+                now: float) -> Resolution:
+        with self._lock:
+            entry = self._entries.get(entry_key)
+        previous = entry.resolution if entry is not None and entry.resolution.identity == identity else None
+        if error is None:
+            result = Resolution(identity, resolved, None, now + spec.refresh_seconds)
+        else:
+            assert isinstance(error, RegistryError)
+            failures = (previous.failures if previous else 0) + 1
+            delay = (backoff(self.settings.retry_base_seconds, failures, spec.refresh_seconds)
+                     if error.transient else spec.refresh_seconds)
+            keep = previous.resolved if previous else None
+            result = Resolution(identity, keep, Problem(error.reason, str(error)), now + delay, failures)
+            metrics.REGISTRY_ERRORS.labels(reason=error.reason).inc()
+            log.warning("Resolving %s for %s/%s failed (%s), retrying in %.0fs", identity[0], entry_key[0],
+                        entry_key[1], error.reason, delay)
+        with self._lock:
+            self._entries[entry_key] = _Entry(result)
+        return result
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            for track in ("stable", "canary"):
+                self._entries.pop((*key, track), None)
+
+
+def _digest(creds: Credentials | None) -> str:
+    if creds is None:
+        return ""
+    text = "\0".join(v or "" for v in (creds.token, creds.username, creds.password))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

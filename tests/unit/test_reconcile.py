@@ -1,0 +1,329 @@
+"""The whole reconcile, fast: an in-memory API (tests/fakes/kube.py), a real-HTTP fake registry, fake clocks.
+
+These run the real pipeline (observe → resolve → plan → desired → apply → status) in milliseconds.
+The same behaviours are held against the real API server and MLflow in tests/integration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from modelpilot.config import Settings
+from modelpilot.reconciler import CONFLICT_RETRY_SECONDS, Reconciler
+from modelpilot.workqueue import Retry, error_backoff
+from tests.fakes.kube import FakeKube
+from tests.fakes.mlflow import FakeMlflow
+
+NS = "team-a"
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def mlflow() -> Iterator[FakeMlflow]:
+    server = FakeMlflow()
+    server.set_alias("fraud", "champion", "1")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+class World:
+    def __init__(self, kube: FakeKube, mlflow: FakeMlflow, **settings: Any) -> None:
+        self.kube = kube
+        self.mlflow = mlflow
+        self.clock = Clock(1000.0)
+        self.wall = Clock(T0)
+        self.settings = Settings(default_tracking_uri=mlflow.url, retry_base_seconds=1,
+                                 registry_timeout_seconds=2, **settings)
+        self.enqueued: list[tuple[str, str]] = []
+        self.reconciler = Reconciler(kube, self.settings, enqueue=self.enqueued.append, clock=self.clock,
+                                     wall_clock=self.wall)
+
+    def restart(self) -> None:
+        self.reconciler.outbound.stop()
+        self.reconciler = Reconciler(self.kube, self.settings, enqueue=self.enqueued.append, clock=self.clock,
+                                     wall_clock=self.wall)
+
+    def apply(self, name: str = "m", **spec: Any) -> None:
+        spec = {"model": {"uri": "models:/fraud@champion"}, **spec}
+        if ("modelpilot.dev/v1alpha1", "ModelDeployment", NS, name) in self.kube.objects:
+            self.kube.update_spec(NS, name, spec)
+        else:
+            self.kube.create({"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
+                              "metadata": {"name": name, "namespace": NS}, "spec": spec})
+
+    def reconcile(self, name: str = "m") -> float | None:
+        return self.reconciler.reconcile(NS, name)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.wall.now += seconds
+
+    def condition(self, type_: str, name: str = "m") -> dict[str, Any]:
+        conds = (self.kube.mdep(NS, name).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == type_), {})
+
+    def reasons(self, type_: str | None = None) -> list[str]:
+        return [e["reason"] for e in self.kube.events if type_ is None or e["type"] == type_]
+
+
+@pytest.fixture
+def world(kube: FakeKube, mlflow: FakeMlflow) -> Iterator[World]:
+    w = World(kube, mlflow)
+    yield w
+    w.reconciler.outbound.stop()
+
+
+def converge(world: World, name: str = "m") -> None:
+    world.reconcile(name)
+    world.kube.settle()
+    world.reconcile(name)
+
+
+# -- the happy path, and writing nothing when nothing changed --------------------------------------------
+def test_first_reconcile_creates_children_and_a_restart_writes_nothing(world: World) -> None:
+    world.apply()
+    converge(world)
+    assert ("Deployment", "m") in world.kube.children(NS) and ("Service", "m") in world.kube.children(NS)
+    ready = world.condition("Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Serving")
+    assert [c["type"] for c in world.kube.mdep(NS, "m")["status"]["conditions"]][-1] == "Ready"
+    assert world.reasons() == ["Resolved"]
+
+    world.kube.writes.clear()
+    world.restart()
+    world.reconcile()
+    world.advance(120)  # past the refresh: the registry is asked again, the answer is the same
+    world.reconcile()
+    assert world.kube.writes == [], "a restart and a refresh must not write to converged objects"
+
+
+def test_alias_move_rolls_the_deployment(world: World) -> None:
+    world.apply(refreshInterval="10s")
+    converge(world)
+    world.mlflow.set_alias("fraud", "champion", "2")
+    world.advance(11)
+    world.reconcile()
+    dep = world.kube.get("apps/v1", "Deployment", NS, "m")
+    assert dep is not None and dep["spec"]["template"]["metadata"]["labels"]["modelpilot.dev/model-version"] == "2"
+    assert "VersionChanged" in world.reasons()
+
+
+def test_a_field_removed_from_the_spec_is_removed_from_the_child(world: World) -> None:
+    world.apply(nodeSelector={"pool": "gpu"})
+    converge(world)
+    world.apply()
+    world.reconcile()
+    dep = world.kube.objects[("apps/v1", "Deployment", NS, "m")]
+    assert dep["metadata"]["annotations"]["modelpilot.dev/applied"]
+    # the fake merges like SSA would not; what matters is that a changed render is applied at all
+    assert ("apply", "Deployment", "m") in world.kube.writes[-3:]
+
+
+# -- registry trouble ---------------------------------------------------------------------------------
+def test_registry_outage_keeps_children_warns_once_and_recovers(world: World) -> None:
+    world.apply(refreshInterval="5s")
+    converge(world)
+    world.kube.writes.clear()
+    world.mlflow.mode = "down"
+    for _ in range(4):
+        world.advance(6)
+        world.reconcile()
+    assert [w for w in world.kube.writes if w[0] != "status"] == [], "children untouched while the registry is down"
+    resolved = world.condition("ModelResolved")
+    assert (resolved["status"], resolved["reason"]) == ("False", "RegistryUnreachable")
+    assert "still serving the last resolved version 1" in resolved["message"]
+    assert world.reasons("Warning") == ["RegistryUnreachable"], "one warning, not one per retry"
+    assert world.condition("Ready")["status"] == "False"
+    world.mlflow.mode = "ok"
+    world.advance(6)
+    world.reconcile()
+    assert world.condition("Ready")["status"] == "True" and "Recovered" in world.reasons()
+
+
+def test_an_answer_that_is_not_a_registry_is_reported_by_status_and_host_only(world: World, mlflow: FakeMlflow,
+                                                                               kube: FakeKube) -> None:
+    mlflow.mode = "html"
+    world.apply()
+    world.reconcile()
+    resolved = world.condition("ModelResolved")
+    assert resolved["reason"] == "NotARegistry" and "HTTP 404" in resolved["message"]
+    assert "hunter2" not in str(kube.mdep(NS, "m")["status"]) and "hunter2" not in str(kube.events)
+
+
+# -- ownership: never touch what is not ours ----------------------------------------------------------------
+def foreign(kind: str, name: str, api_version: str = "v1") -> dict[str, Any]:
+    spec: dict[str, Any] = ({"selector": {"app": "theirs"}, "ports": [{"port": 80}]} if kind == "Service"
+                            else {"replicas": 1, "selector": {"matchLabels": {"app": "theirs"}}})
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def test_a_foreign_object_under_a_childs_name_is_a_conflict_and_nothing_is_touched(world: World) -> None:
+    theirs = world.kube.create(foreign("Service", "m"))
+    world.apply()
+    delay = world.reconcile()
+    assert world.kube.get("v1", "Service", NS, "m") == theirs, "the foreign Service is untouched"
+    assert world.kube.get("apps/v1", "Deployment", NS, "m") is None, "nothing at all is written"
+    ready = world.condition("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+    assert "Service m" in ready["message"]
+    assert delay == CONFLICT_RETRY_SECONDS
+    world.reconcile()
+    assert world.reasons("Warning") == ["NameConflict"], "one Warning event, not one per retry"
+
+    del world.kube.objects[("v1", "Service", NS, "m")]  # the clash is removed: it recovers by itself
+    converge(world)
+    assert world.condition("Ready")["status"] == "True"
+
+
+def test_a_foreign_canary_deployment_is_never_deleted(world: World) -> None:
+    theirs = world.kube.create(foreign("Deployment", "m-canary", "apps/v1"))
+    world.apply()
+    converge(world)
+    assert world.kube.get("apps/v1", "Deployment", NS, "m-canary") == theirs
+    assert world.condition("Ready")["status"] == "True", "a name the spec does not need is no conflict"
+
+
+def test_an_object_controlled_by_another_modeldeployment_is_not_adopted(world: World) -> None:
+    other = foreign("Service", "m")
+    other["metadata"]["ownerReferences"] = [{"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
+                                             "name": "m", "uid": "someone-else", "controller": True}]
+    world.kube.create(other)
+    world.apply()
+    world.reconcile()
+    assert world.condition("Ready")["reason"] == "NameConflict"
+
+
+# -- writes the API server refuses ---------------------------------------------------------------------------
+def test_a_refused_apply_is_reported_and_retried(world: World) -> None:
+    world.kube.refuse[("Deployment", "m")] = (422, 'Deployment.apps "m" is invalid: spec.template...: quantities')
+    world.apply()
+    with pytest.raises(Retry):
+        world.reconcile()
+    ready = world.condition("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+    assert "Deployment m" in ready["message"] and "quantities" in ready["message"]
+    assert world.reasons("Warning") == ["ApplyFailed"]
+    with pytest.raises(Retry):
+        world.reconcile()
+    assert world.reasons("Warning") == ["ApplyFailed"], "one event per distinct failure"
+    del world.kube.refuse[("Deployment", "m")]
+    converge(world)
+    assert world.condition("Ready")["status"] == "True"
+
+
+def test_backoff_is_capped_and_never_overflows() -> None:
+    assert [error_backoff(2.0, n) for n in (1, 2, 3)] == [4.0, 8.0, 16.0]
+    assert error_backoff(2.0, 5000) == 300.0
+    assert error_backoff(2.0, 10**9) == 300.0
+
+
+# -- credentials only where they were configured ------------------------------------------------------------
+def test_the_platform_token_never_goes_to_a_registry_the_tenant_chose(kube: FakeKube, mlflow: FakeMlflow) -> None:
+    platform = FakeMlflow()
+    platform.set_alias("fraud", "champion", "1")
+    world = World(kube, platform, default_credentials_secret="platform-auth")
+    kube.secrets[(NS, "platform-auth")] = {"token": "PLATFORM-TOKEN"}
+    kube.secrets[(NS, "mine")] = {"token": "TENANT-TOKEN"}
+    try:
+        world.apply("own", registry={"trackingUri": mlflow.url})
+        world.apply("own-with-secret", registry={"trackingUri": mlflow.url, "credentialsSecretRef": {"name": "mine"}})
+        world.apply("default")
+        for name in ("own", "own-with-secret", "default"):
+            world.reconcile(name)
+        assert {auth for _, auth in mlflow.requests} == {None, "Bearer TENANT-TOKEN"}
+        assert {auth for _, auth in platform.requests} == {"Bearer PLATFORM-TOKEN"}
+
+        def secret_refs(name: str) -> set[str]:
+            dep = kube.get("apps/v1", "Deployment", NS, name)
+            assert dep is not None
+            env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+            return {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+
+        assert secret_refs("own") == set(), "the pods of a tenant-chosen registry get no platform Secret"
+        assert secret_refs("own-with-secret") == {"mine"}
+        assert secret_refs("default") == {"platform-auth"}
+    finally:
+        world.reconciler.outbound.stop()
+        platform.close()
+
+
+def test_a_registry_outside_the_allowlist_is_an_invalid_spec(kube: FakeKube, mlflow: FakeMlflow) -> None:
+    world = World(kube, mlflow, allowed_registry_urls=("https://mlflow.platform.svc",))
+    try:
+        world.apply(registry={"trackingUri": "http://evil.example:5000"})
+        world.reconcile()
+        ready = world.condition("Ready")
+        assert ready["reason"] == "InvalidSpec" and "spec.registry.trackingUri" in ready["message"]
+        assert mlflow.requests == []
+    finally:
+        world.reconciler.outbound.stop()
+
+
+# -- a slow registry holds nobody ---------------------------------------------------------------------------
+def test_a_trickling_registry_does_not_hold_the_reconcile(world: World, mlflow: FakeMlflow) -> None:
+    mlflow.mode = "trickle"
+    world.apply()
+    started = time.monotonic()
+    world.reconcile()
+    assert time.monotonic() - started < world.settings.outbound_wait_seconds + 1.0
+    assert world.condition("ModelResolved")["status"] == "Unknown"
+    deadline = time.monotonic() + world.settings.registry_timeout_seconds + 3
+    while not world.enqueued and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert world.enqueued == [(NS, "m")], "the deadline's answer re-enqueues the ModelDeployment"
+    took = time.monotonic() - started
+    assert took < world.settings.registry_timeout_seconds * 1.5, f"a total deadline, not per read ({took:.1f}s)"
+    world.reconcile()
+    resolved = world.condition("ModelResolved")
+    assert resolved["reason"] == "RegistryUnreachable" and "did not answer within 2s" in resolved["message"]
+
+
+# -- a progressive canary walked with the fake clocks ---------------------------------------------------------
+def test_progressive_canary_walks_its_steps_and_promotes(world: World) -> None:
+    world.apply(refreshInterval="5s", replicas=4, traffic={"router": "replicas"},
+                canary={"steps": [{"weight": 25, "pause": "1m"}, {"weight": 50, "pause": "1m"}]})
+    converge(world)
+    world.mlflow.set_alias("fraud", "champion", "2")
+    world.advance(6)
+    world.reconcile()
+    world.kube.settle()
+    world.reconcile()
+
+    def replicas() -> tuple[int, int | None]:
+        stable = world.kube.get("apps/v1", "Deployment", NS, "m")
+        canary = world.kube.get("apps/v1", "Deployment", NS, "m-canary")
+        assert stable is not None
+        return stable["spec"]["replicas"], canary["spec"]["replicas"] if canary else None
+
+    status = world.kube.mdep(NS, "m")["status"]
+    assert status["canary"]["step"] == 1 and replicas() == (3, 1)
+    assert status["model"]["version"] == "1", "stable stays on version 1 during the rollout"
+    assert world.condition("Progressing")["reason"] == "CanaryRollout"
+    world.advance(61)
+    world.reconcile()
+    world.kube.settle()
+    assert world.kube.mdep(NS, "m")["status"]["canary"]["step"] == 2 and replicas() == (2, 2)
+    world.advance(61)
+    for _ in range(3):
+        world.reconcile()
+        world.kube.settle()
+    status = world.kube.mdep(NS, "m")["status"]
+    assert status["model"]["version"] == "2" and "canary" not in status and replicas() == (4, None)
+    assert "Promoted" in world.reasons()
