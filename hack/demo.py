@@ -22,8 +22,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from hack.devenv import REPO, ControlPlane, Processes, free_port, up, wait_for
-from hack.realnode import node_selector, tolerations
+from hack.devenv import REPO, ControlPlane, Processes, free_port, simulated_node_tolerations, up, wait_for
 from hack.sample_model import register
 
 MODEL = "fraud-detector"
@@ -60,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     ops.start("operator", [sys.executable, "-m", "modelpilot.cli", "--all-namespaces",
                            "--liveness-port", str(free_port()), "--metrics-port", str(free_port())], env=settings)
 
-    say("kubectl apply -f examples/modeldeployment.yaml  (+ nodeSelector/tolerations of the local real node)")
+    say("kubectl apply -f examples/modeldeployment.yaml  (as it is: it lands on the real node)")
     manifest = yaml.safe_load((REPO / "examples" / "modeldeployment.yaml").read_text())
-    if env.image:
-        manifest["spec"].update(nodeSelector=node_selector(), tolerations=tolerations())
+    if not env.image:  # no real node here: only the simulated nodes can take the pods
+        manifest["spec"]["tolerations"] = simulated_node_tolerations()
     print(kubectl("apply", "-f", "-", input=json.dumps(manifest)), end="")
 
     def ready_version() -> str | None:

@@ -378,12 +378,23 @@ class ControlPlane:
             self.procs.stop(name)
 
 
+#: Every simulated node carries this taint (as kwok's own docs do): a pod on a kwok node is Running
+#: and Ready but executes nothing, so only pods that ask for it (tests about the API, not about
+#: serving) land there; everything else goes to the real node, where it really runs.
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+
+
+def simulated_node_tolerations() -> list[dict[str, str]]:
+    """What a pod spec (or a ModelDeployment's spec.tolerations) needs to run on the kwok nodes."""
+    return [{**KWOK_TAINT, "operator": "Equal"}]
+
+
 def kwok_node(name: str, gpus: int) -> dict[str, Any]:
     capacity: dict[str, Any] = {"cpu": "32", "memory": "256Gi", "pods": "110"}
-    spec: dict[str, Any] = {}
+    spec: dict[str, Any] = {"taints": [dict(KWOK_TAINT)]}
     if gpus:
         capacity["nvidia.com/gpu"] = str(gpus)
-        spec["taints"] = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+        spec["taints"].append({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"})
     return {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {

@@ -8,8 +8,9 @@ filesystem from debootstrap becomes a local base image, buildah builds `serving-
 it (the same file users build with Docker), and the OCI archive is imported into containerd. The
 sandbox ("pause") image is a tiny Go binary built here (hack/pause).
 
-The node is tainted `modelpilot.dev/real-node=true:NoSchedule`: only pods that tolerate it (the
-end-to-end tests, the demo) land here; everything else keeps using the kwok nodes.
+The node has no taint: a plain ModelDeployment (no tolerations) lands here and really serves. The
+kwok nodes are the tainted ones (hack.devenv.KWOK_TAINT); tests about the API tolerate that taint.
+The node is labelled `modelpilot.dev/real-node=true` for tests that must be sure to land here.
 
 Caches (outside the repo, `~/.cache/modelpilot/images`): the base root filesystem (keyed by suite)
 and the serving image (keyed by a hash of its inputs: Dockerfile, pyproject.toml, operator/ and
@@ -34,7 +35,6 @@ from hack.devenv import REPO, ControlPlane, Processes, free_port, issue_certific
 CACHE = Path(os.environ.get("MODELPILOT_CACHE", Path.home() / ".cache" / "modelpilot"))
 IMAGES = CACHE / "images"
 NODE_NAME = "real-node-0"
-TAINT = {"key": "modelpilot.dev/real-node", "value": "true", "effect": "NoSchedule"}
 #: Pods on the real node get addresses from this range; the host side of the bridge is .1.
 POD_CIDR = "10.88.0.0/16"
 BRIDGE = "mp0"
@@ -50,11 +50,6 @@ IMAGE_INPUTS = ("serving-image", "operator", "pyproject.toml")
 def run(*argv: str | Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(a) for a in argv], check=True, text=True, capture_output=True,
                           env={**os.environ, **(env or {})}, **kw)
-
-
-def tolerations() -> list[dict[str, str]]:
-    """What a ModelDeployment needs in spec.tolerations (with spec.nodeSelector) to run here."""
-    return [{**TAINT, "operator": "Equal"}]
 
 
 def node_selector() -> dict[str, str]:
@@ -297,7 +292,7 @@ state = "{self.dir / 'containerd-state'}"
             "enforceNodeAllocatable": [], "failSwapOn": False, "localStorageCapacityIsolation": False,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "serializeImagePulls": False, "registerWithTaints": [TAINT], "resolvConf": "",
+            "serializeImagePulls": False, "resolvConf": "",
             "staticPodPath": "", "podCIDR": POD_CIDR, "maxPods": 50,
             "syncFrequency": "5s", "nodeStatusUpdateFrequency": "5s",
         }))

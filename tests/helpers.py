@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from hack.devenv import ControlPlane, Processes, free_port, wait_for
+from hack.devenv import ControlPlane, Processes, free_port, simulated_node_tolerations, wait_for
 from modelpilot.kube import Kube
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,6 +146,9 @@ class Server:
 
 
 def mdep_manifest(name: str, namespace: str, uri: str, **spec: Any) -> dict[str, Any]:
+    """A ModelDeployment whose pods land on the simulated (kwok) nodes unless `spec` says otherwise:
+    those tests are about the API; tests about serving use the real node (tests/node)."""
+    spec.setdefault("tolerations", simulated_node_tolerations())
     return {"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name, "namespace": namespace}, "spec": {"model": {"uri": uri}, **spec}}
 

@@ -75,8 +75,10 @@ class WorkQueue(Generic[K]):
         if self._loop is None:
             return
         now = self._loop.time()
+        # Work is waiting when a key runs (or waits for a worker: keys past their time are handed to the
+        # executor at once) or is overdue; a reconcile takes seconds, so a long silence means stuck.
         overdue = any(now - at > stall_seconds for key, at in self._due.items() if key not in self._running)
-        if overdue and now - self._progress > stall_seconds:
+        if (self._running or overdue) and now - self._progress > stall_seconds:
             raise Stalled(f"no reconcile finished for {now - self._progress:.0f}s with {len(self)} keys waiting")
 
     def __len__(self) -> int:
@@ -89,6 +91,8 @@ class WorkQueue(Generic[K]):
         while True:
             now = self._loop.time()
             for key in [k for k, at in self._due.items() if at <= now and k not in self._running]:
+                if not self._running:
+                    self._progress = now  # idle until now: the silence so far was no stall
                 del self._due[key]
                 self._running.add(key)
                 task = asyncio.create_task(self._work(key))

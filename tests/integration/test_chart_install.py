@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hack.devenv import ControlPlane, MlflowServer, wait_for
+from hack.devenv import ControlPlane, MlflowServer, simulated_node_tolerations, wait_for
 from modelpilot.kube import Kube
 from tests.chart.test_chart import OPERATOR_NEEDS
 from tests.helpers import MDEP, REPO, Operator, Registry, apply, mdep_manifest, reapply, wait_event, wait_ready
@@ -35,7 +35,10 @@ def installed(control_plane: ControlPlane, mlflow_server: MlflowServer) -> Itera
     helm = [str(control_plane.bin / "helm"), "--kubeconfig", str(control_plane.kubeconfig_path)]
     out = subprocess.run([*helm, "install", RELEASE, str(REPO / "charts" / "modelpilot"), "--namespace", ns,
                           "--create-namespace", "--take-ownership", "--wait", "--timeout", "120s",
-                          "--set", f"registry.trackingUri={mlflow_server.url}"], capture_output=True, text=True)
+                          "--set", f"registry.trackingUri={mlflow_server.url}",
+                          # the operator image is not built here: its pod runs on a simulated node
+                          "--set-json", f"tolerations={json.dumps(simulated_node_tolerations())}"],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Serve a model" in out.stdout, "NOTES.txt tells the user what to do next"
     yield ns

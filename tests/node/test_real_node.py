@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from hack.devenv import ControlPlane, wait_for
-from hack.realnode import NODE_NAME, RealNode, node_selector, tolerations
+from hack.realnode import NODE_NAME, RealNode
 from modelpilot.kube import Kube
 from tests.helpers import MDEP, Operator, Registry, apply, mdep_manifest, wait_ready
 
@@ -99,9 +99,11 @@ def test_apply_serve_follow_the_alias_without_a_failed_request_and_delete(
     expected_v2 = local_predictions(node_registry, model_name, v2, data)
     assert expected_v1 != expected_v2, "the two versions must be told apart by their answers"
 
-    apply(control_plane, mdep_manifest("fraud", namespace, f"models:/{model_name}@champion", replicas=2,
-                                       refreshInterval="2s", nodeSelector=node_selector(),
-                                       tolerations=tolerations()))
+    # As a new user writes it: no tolerations, no nodeSelector. It must land on the real node (the
+    # simulated nodes are tainted) and answer.
+    manifest = mdep_manifest("fraud", namespace, f"models:/{model_name}@champion", replicas=2, refreshInterval="2s")
+    del manifest["spec"]["tolerations"]
+    apply(control_plane, manifest)
     wait_ready(kube, namespace, "fraud", timeout=240, operator=node_operator, version=v1)
     running = pods(kube, namespace, "fraud")
     assert len(running) == 2 and {p["spec"]["nodeName"] for p in running} == {NODE_NAME}

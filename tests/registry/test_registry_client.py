@@ -13,6 +13,7 @@ from hack.devenv import MlflowServer, free_port
 from modelpilot.registry import (
     Credentials,
     ModelNotFound,
+    NotARegistry,
     RegistryClient,
     RegistryUnreachable,
     Unauthorized,
@@ -90,11 +91,14 @@ def test_unreachable_is_distinct_and_transient() -> None:
 
 
 def test_not_a_tracking_server_is_reported(mlflow_server: MlflowServer) -> None:
-    """A URL that answers HTML (e.g. a typo'd path on some web server) is not mistaken for 'not found'."""
+    """A URL that answers HTML (e.g. a typo'd path on some web server) is not mistaken for 'not found':
+    NotARegistry is transient (a fixed URL or proxy heals it), and says status and host, nothing of the page."""
     client = RegistryClient(mlflow_server.url + "/static-files")
-    with pytest.raises((RegistryUnreachable, ModelNotFound)) as err:
+    with pytest.raises(NotARegistry) as err:
         client.resolve(parse_model_uri("models:/x@champion"))
-    assert mlflow_server.url in str(err.value)
+    assert err.value.transient and not isinstance(err.value, ModelNotFound)
+    assert mlflow_server.url in str(err.value) and "HTTP 404" in str(err.value)
+    assert "<" not in str(err.value), "nothing of the page is echoed"
 
 
 @pytest.fixture(scope="module")
