@@ -26,6 +26,7 @@ import aiohttp
 
 from . import metrics
 from .canary import PENDING, Verdict, analysis_window
+from .canary_state import CanaryState
 from .config import Settings
 from .durations import format_duration
 from .outbound import Outbound, read_limited, wait
@@ -177,13 +178,13 @@ class Analyses:
         self._running: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
         self._lock = threading.Lock()
 
-    def due(self, key: tuple[str, str], spec: DeploymentSpec, previous: dict[str, Any],
+    def due(self, key: tuple[str, str], spec: DeploymentSpec, previous: CanaryState | None,
             candidate: ResolvedModel | None, wall: float) -> Verdict | None:
         """The verdict of the current step's analysis when one is due (None: none is due)."""
         canary = spec.canary
         if canary is None or canary.analysis is None or candidate is None:
             return None
-        if previous.get("version") != candidate.version:
+        if previous is None or previous.version != candidate.version:
             return None
         window = analysis_window(canary, previous, wall)
         if window is None:
@@ -200,7 +201,7 @@ class Analyses:
             def answered(done: concurrent.futures.Future[Any]) -> None:
                 self.on_answer(key)
 
-            future = self.outbound.submit(("analysis", key, candidate.version, previous.get("step"), wall),
+            future = self.outbound.submit(("analysis", key, candidate.version, previous.step, wall),
                                           analysis.prometheus.origin, self.settings.prometheus_timeout_seconds,
                                           call, answered)
             with self._lock:

@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .canary import PAUSED, STARTING, Observed, Verdict, canary_replicas_for_route, effective_weight, split_replicas
+from .canary import Observed, Verdict
 from .canary import Plan as CanaryPlan
 from .canary import plan as canary_plan
+from .canary_state import PAUSED, STARTING, CanaryState
 from .names import CANARY, pinned_version, template_uri
 from .observe import Rollout, World, deployment_key
 from .registry import ResolvedModel
 from .spec import DeploymentSpec
+from .traffic import canary_replicas_for_route, effective_weight, split_replicas
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Decision:
     stable_from: str
     canary_from: str
     #: status.canary with what the router really does (effective weight, mirrored share).
-    canary_status: dict[str, Any] | None = field(default=None)
+    canary_status: CanaryState | None = field(default=None)
 
 
 def choose_router(spec: DeploymentSpec, gateway_api: bool) -> tuple[str, str | None]:
@@ -64,8 +66,8 @@ def choose_router(spec: DeploymentSpec, gateway_api: bool) -> tuple[str, str | N
     return router, None
 
 
-def decide(spec: DeploymentSpec, world: World, resolved: Resolved, status: dict[str, Any],
-           annotations: dict[str, str], verdict: Verdict | None, wall: float) -> Decision:
+def decide(spec: DeploymentSpec, world: World, resolved: Resolved, state: CanaryState | None,
+           rejected: dict[str, Any], annotations: dict[str, str], verdict: Verdict | None, wall: float) -> Decision:
     router, router_problem = choose_router(spec, world.gateway_api)
     stable_dep = world.owned(deployment_key(world.owner))
     canary_dep = world.owned(deployment_key(world.owner, CANARY))
@@ -75,8 +77,8 @@ def decide(spec: DeploymentSpec, world: World, resolved: Resolved, status: dict[
         stable=resolved.current,
         target=resolved.target,
         candidate=candidate,
-        previous=dict(status.get("canary") or {}),
-        rejected=dict(status.get("rejected") or {}),
+        previous=state,
+        rejected=rejected,
         canary_ready=(candidate is not None and canary_rollout.complete
                       and template_uri(canary_dep) == candidate.pinned),
         canary_failure=canary_rollout.failure,
@@ -100,19 +102,19 @@ def decide(spec: DeploymentSpec, world: World, resolved: Resolved, status: dict[
     else:
         stable_from = resolved.candidate_uri  # the candidate, or a canary version held from status
 
-    canary_status = None
-    if rollout.status is not None:
-        canary_status = dict(rollout.status)
+    canary_status = rollout.status
+    if canary_status is not None:
+        weight = canary_status.weight
+        replicas = None
         if router == "replicas":
             # The Service spreads requests over ready pods: the split is the replica ratio.
-            taking = canary_status["phase"] not in (STARTING, PAUSED) or canary_status.get("weight")
-            canary_status["weight"] = effective_weight(stable_replicas, canary_replicas) if taking else 0
-            canary_status["replicas"] = {"stable": stable_replicas, "canary": canary_replicas}
-        canary_status["router"] = router
-        canary_status["desiredWeight"] = rollout.weight
-        if spec.canary is not None and spec.canary.shadow:
-            canary_status["mirrorPercent"] = canary_status["weight"]
-            canary_status["weight"] = 0
+            taking = canary_status.phase not in (STARTING, PAUSED) or canary_status.weight
+            weight = effective_weight(stable_replicas, canary_replicas) if taking else 0
+            replicas = {"stable": stable_replicas, "canary": canary_replicas}
+        shadow = spec.canary is not None and spec.canary.shadow
+        canary_status = canary_status.with_(
+            weight=0 if shadow else weight, mirror_percent=weight if shadow else None, replicas=replicas,
+            router=router, desired_weight=rollout.weight)
     return Decision(rollout, router, router_problem, stable_replicas, canary_replicas, stable_from,
                     resolved.candidate_uri, canary_status)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import metrics
 from .analysis import Analyses
+from .canary_state import CanaryState
 from .children import apply_children
 from .config import Settings
 from .desired import desired_children
@@ -83,9 +84,10 @@ class Reconciler:
         world = observe(self.kube, owner, self.gateway.served())
         stable, canary = self._resolve(key, spec)
         resolved = _resolved(spec, stable, canary, facts.old)
-        wall = self.wall_clock()
-        verdict = self.analyses.due(key, spec, facts.old.get("canary") or {}, resolved.candidate, wall)
-        decision = decide(spec, world, resolved, facts.old, dict(meta.get("annotations") or {}), verdict, wall)
+        wall, state = self.wall_clock(), CanaryState.from_status(facts.old.get("canary"))
+        verdict = self.analyses.due(key, spec, state, resolved.candidate, wall)
+        decision = decide(spec, world, resolved, state, facts.old.get("rejected") or {},
+                          dict(meta.get("annotations") or {}), verdict, wall)
         desired = desired_children(owner, spec, decision, self.settings, world.gateway_api)
         applied = apply_children(self.kube, world, desired, self.settings.field_manager)
         self._report(obj, build_status(replace(

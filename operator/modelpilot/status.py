@@ -128,7 +128,7 @@ def build_status(f: Facts) -> Report:
     }
     events: list[Event] = []
     if blocked is None:
-        status["canary"] = f.decision.canary_status
+        status["canary"] = f.decision.canary_status.to_status() if f.decision.canary_status else None
         status["rejected"] = plan.rejected
         if plan.finished is not None:
             status["lastRollout"] = plan.finished
@@ -226,7 +226,7 @@ def _canary_conditions(by_type: dict[str, dict[str, Any]], canary_spec: CanarySp
     canary_status = decision.canary_status
     if canary_status is not None and canary_spec is not None and canary_spec.progressive:
         by_type[PROGRESSING] = condition(PROGRESSING, True, "CanaryRollout",
-                                         f"canary version {canary_status['version']}: {canary_status['message']}")
+                                         f"canary version {canary_status.version}: {canary_status.message}")
     if canary_spec is None or by_type[DEGRADED]["status"] == "True":
         return
     rejected = decision.rollout.rejected

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 
 from modelpilot import canary as c
 from modelpilot.analysis import DEFAULT_QUERIES, evaluate, promql_string, render_query
+from modelpilot.canary_state import CanaryState
 from modelpilot.config import Settings
 from modelpilot.registry import ResolvedModel
 from modelpilot.spec import InvalidSpec, parse_spec
+from modelpilot.traffic import effective_weight, split_replicas
 
 SETTINGS = Settings(default_tracking_uri="http://mlflow:5000")
 V1 = ResolvedModel(name="fraud", version="1")
@@ -31,7 +33,10 @@ PROGRESSIVE = spec(steps=[{"weight": 10, "pause": "1m"}, {"weight": 50, "pause":
 
 
 def observe(**kw: Any) -> c.Observed:
-    base: dict[str, Any] = {"stable": V1, "target": V2, "candidate": V2, "previous": {}, "rejected": {}}
+    """Observations; `previous` may be written as status.canary is stored (a dict) or as the typed state."""
+    base: dict[str, Any] = {"stable": V1, "target": V2, "candidate": V2, "previous": None, "rejected": {}}
+    if isinstance(kw.get("previous"), dict):
+        kw["previous"] = CanaryState.from_status({"model": V2.to_status(V2.pinned), **kw["previous"]})
     return c.Observed(**{**base, **kw})
 
 
@@ -42,7 +47,7 @@ NODATA = c.Verdict("inconclusive", "no canary requests in the last 1m (minReques
 
 def walk(obs: c.Observed, now: float, verdict: c.Verdict | None = None) -> tuple[c.Plan, dict[str, Any]]:
     plan = c.plan(PROGRESSIVE, obs, now, verdict)
-    return plan, plan.status or {}
+    return plan, plan.status.to_status() if plan.status else {}
 
 
 # -- replica arithmetic -------------------------------------------------------------------------------
@@ -56,12 +61,12 @@ def walk(obs: c.Observed, now: float, verdict: c.Verdict | None = None) -> tuple
     pytest.param(0, 50, (0, 0), id="scaled-to-zero"),
 ])
 def test_split_replicas(total: int, weight: int, expected: tuple[int, int]) -> None:
-    assert c.split_replicas(total, weight) == expected
+    assert split_replicas(total, weight) == expected
 
 
 @given(st.integers(1, 200), st.integers(0, 100))
 def test_split_replicas_properties(total: int, weight: int) -> None:
-    stable, canary = c.split_replicas(total, weight)
+    stable, canary = split_replicas(total, weight)
     assert stable >= 0 and canary >= 0
     if 0 < weight < 100:
         assert stable >= 1 and canary >= 1
@@ -69,7 +74,7 @@ def test_split_replicas_properties(total: int, weight: int) -> None:
         assert stable + canary == total
         # the nearest achievable split: within one pod's share of the requested weight
         if 0 < weight < 100 and 100 / total <= weight <= 100 - 100 / total:
-            assert abs(c.effective_weight(stable, canary) - weight) <= 50 / total + 1
+            assert abs(effective_weight(stable, canary) - weight) <= 50 / total + 1
 
 
 # -- progressive rollout ------------------------------------------------------------------------------
@@ -92,8 +97,8 @@ def test_full_walk_to_promotion() -> None:
     # within the pause nothing moves
     plan, held = walk(observe(previous=status, canary_ready=True), T0 + 30)
     assert held["step"] == 1 and plan.weight == 10 and plan.requeue == pytest.approx(35)
-    assert c.analysis_window(PROGRESSIVE.canary, status, T0 + 30) is None
-    assert c.analysis_window(PROGRESSIVE.canary, status, T0 + 65) == 60
+    assert c.analysis_window(PROGRESSIVE.canary, CanaryState.from_status(status), T0 + 30) is None
+    assert c.analysis_window(PROGRESSIVE.canary, CanaryState.from_status(status), T0 + 65) == 60
     plan, status = walk(observe(previous=status, canary_ready=True), T0 + 65, PASS)
     assert (status["step"], plan.weight, status["analysis"]["result"]) == (2, 50, "pass")
     assert "step 1 passed" in plan.events[0][2]
@@ -138,10 +143,10 @@ def test_missing_data_waits_and_never_promotes() -> None:
     assert plan.requeue == c.RETRY_SECONDS and plan.stable == V1
     assert [e[:2] for e in plan.events] == [("Warning", "AnalysisInconclusive")]
     # between retries the analysis is not due, and nothing changes
-    assert c.analysis_window(PROGRESSIVE.canary, status, T0 + 65) is None
+    assert c.analysis_window(PROGRESSIVE.canary, CanaryState.from_status(status), T0 + 65) is None
     plan, held = walk(observe(previous=status, canary_ready=True), T0 + 65)
     assert held == status and plan.events == [] and plan.requeue == pytest.approx(11)
-    assert c.analysis_window(PROGRESSIVE.canary, status, T0 + 80) == 60
+    assert c.analysis_window(PROGRESSIVE.canary, CanaryState.from_status(status), T0 + 80) == 60
     plan, status = walk(observe(previous=status, canary_ready=True), T0 + 80, NODATA)
     assert status["phase"] == c.INCONCLUSIVE and plan.events == [], "one warning, not one per retry"
     plan, status = walk(observe(previous=status, canary_ready=True), T0 + 95, PASS)
@@ -193,11 +198,11 @@ def test_manual_promote_and_abort(annotation: dict[str, str], result: str) -> No
 
 def test_step_without_pause_waits_for_promotion() -> None:
     gated = spec(steps=[{"weight": 20}])
-    plan = c.plan(gated, observe(previous={"startedAt": "x", "step": 1, "phase": c.STARTING}, canary_ready=True),
-                  T0 + 1000)
-    assert plan.status and plan.status["phase"] == c.WAITING and plan.weight == 20
+    previous = {"startedAt": "x", "step": 1, "phase": c.STARTING, "version": "2"}
+    plan = c.plan(gated, observe(previous=previous, canary_ready=True), T0 + 1000)
+    assert plan.status and plan.status.phase == c.WAITING and plan.weight == 20
     plan = c.plan(gated, observe(previous=plan.status, canary_ready=True), T0 + 100_000)
-    assert plan.status and plan.status["phase"] == c.WAITING, "no timer promotes a gated step"
+    assert plan.status and plan.status.phase == c.WAITING, "no timer promotes a gated step"
 
 
 def test_failing_canary_pods_roll_back() -> None:
@@ -212,9 +217,9 @@ MANUAL = spec(model={"uri": "models:/fraud@challenger"}, weight=30)
 
 def test_manual_canary_runs_at_its_weight_once_ready() -> None:
     plan = c.plan(MANUAL, observe(target=V1, candidate=V2), T0)
-    assert plan.canary == V2 and plan.weight == 0 and plan.status and plan.status["phase"] == c.STARTING
+    assert plan.canary == V2 and plan.weight == 0 and plan.status and plan.status.phase == c.STARTING
     plan = c.plan(MANUAL, observe(target=V1, candidate=V2, previous=plan.status, canary_ready=True), T0)
-    assert plan.weight == 30 and plan.status and plan.status["phase"] == c.MANUAL and plan.events == []
+    assert plan.weight == 30 and plan.status and plan.status.phase == c.MANUAL and plan.events == []
 
 
 def test_manual_canary_equal_to_stable_runs_nothing() -> None:
@@ -298,6 +303,26 @@ def test_steps_edited_mid_rollout_to_fewer_steps() -> None:
     status = running_at_step(2)
     shorter = spec(steps=[{"weight": 10, "pause": "1m"}],
                    analysis={"prometheusUrl": "http://prom:9090", "maxErrorRate": 0.01})
-    assert c.analysis_window(shorter.canary, status, T0 + 200) == 60
+    assert c.analysis_window(shorter.canary, CanaryState.from_status(status), T0 + 200) == 60
     plan = c.plan(shorter, observe(previous=status, canary_ready=True), T0 + 200, PASS)
-    assert plan.status and plan.status["phase"] == c.PROMOTING
+    assert plan.status and plan.status.phase == c.PROMOTING
+
+
+# -- the typed state ------------------------------------------------------------------------------------
+def test_canary_state_round_trips_through_status() -> None:
+    plan, status = walk(observe(previous=running_at_step(2), canary_ready=True), T0 + 100)
+    state = CanaryState.from_status(status)
+    assert state is not None and state.to_status() == status and state.step == 2
+    assert set(status) >= {"version", "model", "phase", "weight", "step", "startedAt", "stepStartedAt", "message"}
+
+
+@pytest.mark.parametrize("raw", [None, {}, "x", {"version": "2"}, {"version": "2", "model": {"name": "m"}},
+                                 {"version": "", "model": {"name": "m", "version": "2"}}])
+def test_a_status_that_holds_no_canary_reads_as_none(raw: Any) -> None:
+    assert CanaryState.from_status(raw) is None
+
+
+def test_odd_values_in_status_fall_back_to_defaults() -> None:
+    state = CanaryState.from_status({"version": "2", "model": {"name": "m", "version": "2"}, "step": "three",
+                                     "weight": True, "phase": 7, "analysis": "no"})
+    assert state is not None and (state.step, state.weight, state.phase, state.analysis) == (1, 0, c.STARTING, None)
