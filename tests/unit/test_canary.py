@@ -310,7 +310,7 @@ def test_steps_edited_mid_rollout_to_fewer_steps() -> None:
 
 # -- the typed state ------------------------------------------------------------------------------------
 def test_canary_state_round_trips_through_status() -> None:
-    plan, status = walk(observe(previous=running_at_step(2), canary_ready=True), T0 + 100)
+    _, status = walk(observe(previous=running_at_step(2), canary_ready=True), T0 + 100)
     state = CanaryState.from_status(status)
     assert state is not None and state.to_status() == status and state.step == 2
     assert set(status) >= {"version", "model", "phase", "weight", "step", "startedAt", "stepStartedAt", "message"}
