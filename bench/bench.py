@@ -29,8 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hack.devenv import MlflowServer, free_port, wait_for  # noqa: E402
+from hack.proc import free_port, wait_for  # noqa: E402
 from hack.sample_model import register  # noqa: E402
+from hack.services import MlflowServer  # noqa: E402
 
 MODEL = "bench-forest"
 FEATURES = 20

@@ -22,7 +22,10 @@ from pathlib import Path
 import requests
 import yaml
 
-from hack.devenv import REPO, ControlPlane, Processes, free_port, simulated_node_tolerations, up, wait_for
+from hack.controlplane import ControlPlane, simulated_node_tolerations
+from hack.devenv import up
+from hack.layout import Layout
+from hack.proc import REPO, Processes, free_port, wait_for
 from hack.sample_model import register
 
 MODEL = "fraud-detector"
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{MODEL} version {first} <- champion")
 
     say("Starting the operator (logs: .dev/operator/logs/operator.log)")
-    ops = Processes(state / "operator")
+    ops = Processes(Layout(state).service("operator"))
     ops.stop("operator")
     settings = {"KUBECONFIG": str(cp.kubeconfig_path), "MODELPILOT_DEFAULT_TRACKING_URI": tracking_uri}
     if env.image:
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print(kubectl("get", "events", "--field-selector", "involvedObject.kind=ModelDeployment"), end="")
 
     say(f"Done in {time.monotonic() - started:.0f}s. Everything keeps running:")
-    print(f"  source {state / 'env'} && kubectl get mdep      # make dev-down stops it\n")
+    print(f"  source {Layout(state).env_file} && kubectl get mdep      # make dev-down stops it\n")
     print(kubectl("get", "mdep,pods", "-o", "wide"), end="")
     if env.image:
         predict(cp)

@@ -9,7 +9,7 @@ it (the same file users build with Docker), and the OCI archive is imported into
 sandbox ("pause") image is a tiny Go binary built here (hack/pause).
 
 The node has no taint: a plain ModelDeployment (no tolerations) lands here and really serves. The
-kwok nodes are the tainted ones (hack.devenv.KWOK_TAINT); tests about the API tolerate that taint.
+kwok nodes are the tainted ones (hack.controlplane.KWOK_TAINT); tests about the API tolerate that taint.
 The node is labelled `modelpilot.dev/real-node=true` for tests that must be sure to land here.
 
 Caches (outside the repo, `~/.cache/modelpilot/images`): the base root filesystem (keyed by suite)
@@ -30,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hack.devenv import REPO, ControlPlane, Processes, free_port, issue_certificate, kubeconfig, log, wait_for
+from hack.controlplane import ControlPlane
+from hack.pki import issue_certificate, kubeconfig
+from hack.proc import REPO, Processes, free_port, log, wait_for
 
 CACHE = Path(os.environ.get("MODELPILOT_CACHE", Path.home() / ".cache" / "modelpilot"))
 IMAGES = CACHE / "images"
@@ -160,7 +162,7 @@ class RealNode:
 
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
-        self.dir = cp.state.parent / "node"
+        self.dir = cp.layout.node
         self.procs = Processes(self.dir)
         self.sock = self.dir / "containerd.sock"
         self.image: str | None = None

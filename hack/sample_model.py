@@ -69,7 +69,8 @@ def register_faulty(tracking_uri: str, name: str, alias: str | None = None, fail
             # deterministic per input, about fail_share of random rows
             if ((model_input["f0"].abs() * 1000) % 1 < self.fail_share).any():
                 raise RuntimeError("faulty model: this input fails (simulated bug)")
-            return (model_input["f0"] > 0).astype(int).to_numpy()
+            answer: np.ndarray[Any, Any] = (model_input["f0"] > 0).astype(int).to_numpy()
+            return answer
 
     mlflow.set_tracking_uri(tracking_uri)
     columns = [f"f{i}" for i in range(features)]

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hack.devenv import ControlPlane, MlflowServer, PrometheusServer, ensure_binaries, wait_for
+from hack.controlplane import ControlPlane, ensure_binaries
+from hack.proc import wait_for
+from hack.services import MlflowServer, PrometheusServer
 from modelpilot.kube import Kube
 from tests.helpers import Operator, Registry
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import requests
 
-from hack.devenv import ControlPlane, Processes, free_port, simulated_node_tolerations, wait_for
+from hack.controlplane import ControlPlane, simulated_node_tolerations
+from hack.layout import Layout
+from hack.proc import Processes, free_port, wait_for
 from modelpilot.kube import Kube
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +49,7 @@ class Operator:
     """The real `modelpilot-operator` CLI as a subprocess, restartable."""
 
     def __init__(self, state: Path, kubeconfig: Path, tracking_uri: str) -> None:
-        self.procs = Processes(state / "operator")
+        self.procs = Processes(Layout(state).service("operator"))
         self.env = {
             "KUBECONFIG": str(kubeconfig),
             "MODELPILOT_DEFAULT_TRACKING_URI": tracking_uri,

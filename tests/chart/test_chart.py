@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hack.devenv import ensure_binaries
+from hack.controlplane import ensure_binaries
 from tests.helpers import REPO
 
 CHART = REPO / "charts" / "modelpilot"

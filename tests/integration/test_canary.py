@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 import requests
 
-from hack.devenv import ControlPlane, MlflowServer, PrometheusServer, free_port, wait_for
+from hack.controlplane import ControlPlane
+from hack.proc import free_port, wait_for
 from hack.sample_model import register_faulty
+from hack.services import MlflowServer, PrometheusServer
 from modelpilot.canary import effective_weight, split_replicas
 from modelpilot.kube import Kube
 from tests.helpers import (

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from hack.devenv import ControlPlane, MlflowServer, simulated_node_tolerations, wait_for
+from hack.controlplane import ControlPlane, simulated_node_tolerations
+from hack.proc import wait_for
+from hack.services import MlflowServer
 from modelpilot.kube import Kube
 from tests.chart.test_chart import OPERATOR_NEEDS
 from tests.helpers import MDEP, REPO, Operator, Registry, apply, mdep_manifest, reapply, wait_event, wait_ready

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hack.devenv import ControlPlane
+from hack.controlplane import ControlPlane
 from modelpilot.config import Settings
 from modelpilot.spec import parse_spec
 from tests.helpers import REPO, apply, mdep_manifest

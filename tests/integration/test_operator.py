@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from hack.devenv import ControlPlane, MlflowServer
+from hack.controlplane import ControlPlane
+from hack.services import MlflowServer
 from modelpilot.kube import Kube
 from tests.helpers import (
     MDEP,

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from hack.devenv import ControlPlane, MlflowServer
+from hack.controlplane import ControlPlane
+from hack.services import MlflowServer
 from modelpilot.kube import Kube
 from tests.fakes.mlflow import FakeMlflow
 from tests.helpers import (

@@ -46,7 +46,7 @@ def test_prediction_through_the_service_on_kind(kind_cluster) -> None:  # type: 
             "--serve-artifacts", "--artifacts-destination", "/tmp/artifacts")
     kubectl("-n", "mlflow", "expose", "deployment", "mlflow", "--port=5000")
     kubectl("-n", "mlflow", "rollout", "status", "deployment/mlflow", "--timeout=300s")
-    from hack.devenv import ensure_binaries
+    from hack.controlplane import ensure_binaries
 
     run(str(ensure_binaries() / "helm"), "install", "mp",
         str(REPO / "charts" / "modelpilot"), "--kubeconfig", str(kind_cluster.kubeconfig_path),

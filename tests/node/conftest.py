@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hack.devenv import ControlPlane, MlflowServer
+from hack.controlplane import ControlPlane
 from hack.realnode import BRIDGE_IP, RealNode
+from hack.services import MlflowServer
 from tests.helpers import Operator, Registry
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import requests
 
-from hack.devenv import ControlPlane, wait_for
+from hack.controlplane import ControlPlane
+from hack.proc import wait_for
 from hack.realnode import NODE_NAME, RealNode
 from modelpilot.kube import Kube
 from tests.helpers import MDEP, Operator, Registry, apply, mdep_manifest, wait_ready

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hack.devenv import MlflowServer, free_port
+from hack.proc import free_port
+from hack.services import MlflowServer
 from modelpilot.registry import (
     Credentials,
     ModelNotFound,

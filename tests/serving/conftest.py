@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hack.devenv import free_port
+from hack.proc import free_port
 from tests.helpers import Server
 from tests.serving import models
 

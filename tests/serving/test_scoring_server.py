@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from hack.devenv import wait_for
+from hack.proc import wait_for
 from tests.serving.conftest import Server, StartServer
 from tests.serving.models import COLUMNS, training_frame
 
