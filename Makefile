@@ -8,15 +8,15 @@ PY     := $(VENV)/bin/python
 STATE  ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries system-packages images dev-up dev-down dev-status install run demo test lint unit bench image image-gpu kind-demo clean
+.PHONY: help crd venv binaries system-packages images dev-up dev-down dev-status install run demo test lint unit bench image image-gpu kind-demo clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml serving-image/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./serving-image -e '.[dev]'
 	@touch $@
 
 venv: $(VENV)/.installed ## create .venv with the operator and the dev/test dependencies
@@ -32,6 +32,9 @@ dev-down: ## stop the local control plane, MLflow and a `make run` operator
 
 dev-status: ## is the local environment running?
 	$(PY) -m hack.devenv status --state $(STATE)
+
+crd: ## copy the CRD (crds/, the one source) into the chart (tests/chart fails when they differ)
+	cp crds/modeldeployments.modelpilot.dev.yaml charts/modelpilot/files/modeldeployments.modelpilot.dev.yaml
 
 install: ## apply the CRDs to the current kubectl context
 	kubectl apply --server-side -f crds/

@@ -13,8 +13,8 @@ kwok nodes are the tainted ones (hack.controlplane.KWOK_TAINT); tests about the 
 The node is labelled `modelpilot.dev/real-node=true` for tests that must be sure to land here.
 
 Caches (outside the repo, `~/.cache/modelpilot/images`): the base root filesystem (keyed by suite)
-and the serving image (keyed by a hash of its inputs: Dockerfile, pyproject.toml, operator/ and
-serving-image/ sources), so a warm start only imports archives.
+and the serving image (keyed by a hash of serving-image/: its Dockerfile, its pyproject.toml and the
+scoring server's sources), so a warm start only imports archives.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ BRIDGE_IP = "10.88.0.1"
 PAUSE_IMAGE = "localhost/modelpilot/pause:1"
 BASE_IMAGE = "localhost/modelpilot/debian-python:bookworm"
 SERVING_REPO = "localhost/modelpilot/scoring-server"
-#: The inputs of the serving image: a change in any of them gives a new tag. (README.md is copied
-#: into the build only as package metadata: editing it does not warrant a rebuild.)
-IMAGE_INPUTS = ("serving-image", "operator", "pyproject.toml")
+#: The inputs of the serving image: a change in any of them gives a new tag. The image holds only the
+#: scoring server's own package, so editing the operator does not rebuild it.
+IMAGE_INPUTS = ("serving-image",)
 
 
 def run(*argv: str | Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:

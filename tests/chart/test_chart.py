@@ -125,7 +125,7 @@ def test_namespaced_mode_grants_nothing_cluster_wide(helm: str) -> None:
 def test_crd_in_chart_is_the_repository_crd(helm: str) -> None:
     copy = (CHART / "files" / "modeldeployments.modelpilot.dev.yaml").read_text()
     assert copy == (REPO / "crds" / "modeldeployments.modelpilot.dev.yaml").read_text(), \
-        "run: cp crds/modeldeployments.modelpilot.dev.yaml charts/modelpilot/files/"
+        "the chart's CRD is generated from crds/: run `make crd`"
     crd = next(d for d in render(helm) if d["kind"] == "CustomResourceDefinition")
     source = yaml.safe_load(copy)
     assert crd["spec"] == source["spec"]
@@ -192,3 +192,38 @@ def test_checkov_finds_nothing_unjustified(helm: str, checkov: str, tmp_path: Pa
     passed = sum(r.get("summary", {}).get("passed", 0) for r in reports)
     assert not failed, "\n".join(map(str, failed))
     assert passed > 20, "checkov ran its Kubernetes checks"
+
+
+def test_name_overrides(helm: str) -> None:
+    docs = render(helm, "--set", "fullnameOverride=pilot")
+    names = {d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "ServiceAccount", "ClusterRole")}
+    assert names == {"pilot"}
+    docs = render(helm, "--set", "nameOverride=autopilot")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["metadata"]["name"] == "mp-autopilot"
+    assert dep["metadata"]["labels"]["app.kubernetes.io/name"] == "autopilot"
+    assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "autopilot"
+
+
+def test_an_existing_service_account_is_used_and_not_created(helm: str) -> None:
+    docs = render(helm, "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=platform-operator")
+    assert not [d for d in docs if d["kind"] == "ServiceAccount"]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "platform-operator"
+    binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"][0]["name"] == "platform-operator"
+    out = subprocess.run([helm, "template", "mp", str(CHART), "--set", "serviceAccount.create=false"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "set serviceAccount.name" in out.stderr, out.stderr
+
+
+def test_registry_allowlist_reaches_the_operator(helm: str) -> None:
+    from modelpilot.config import Settings
+
+    dep = next(d for d in render(helm, "--set-json", 'registry.allowedUrls=["https://a.svc","https://b.svc/x"]')
+               if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert Settings.from_env(env).allowed_registry_urls == ("https://a.svc", "https://b.svc/x")
+    default = next(d for d in render(helm) if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert Settings.from_env(env).allowed_registry_urls == ()
