@@ -77,8 +77,9 @@ def test_health(obj: dict[str, Any], expected: str, says: str) -> None:
 
 def test_health_of_what_the_operator_really_writes() -> None:
     """Fixtures built by the operator's own condition logic, not by hand."""
+    from modelpilot.observe import Problem, Rollout
     from modelpilot.registry import ResolvedModel
-    from modelpilot.status import Problem, Rollout, compute_conditions
+    from modelpilot.status import compute_conditions
 
     dep = {"metadata": {"generation": 1}, "spec": {"replicas": 2},
            "status": {"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2,

@@ -26,8 +26,8 @@ from hack.controlplane import ControlPlane
 from hack.proc import free_port, wait_for
 from hack.sample_model import register_faulty
 from hack.services import MlflowServer, PrometheusServer
-from modelpilot.canary import effective_weight, split_replicas
 from modelpilot.kube import Kube
+from modelpilot.traffic import effective_weight, split_replicas
 from tests.helpers import (
     MDEP,
     Operator,
