@@ -1,4 +1,8 @@
-"""The Argo CD health check, run in a real Lua interpreter (lupa embeds Lua 5.4) against status fixtures."""
+"""The Argo CD health check, run in real Lua interpreters against status fixtures and real operator statuses.
+
+Argo CD runs health checks in gopher-lua, which implements Lua 5.1; lupa embeds real Lua 5.1 (and
+5.4, to catch a script that relies on either's quirks), so every case runs under both.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,20 @@ from tests.helpers import REPO
 SCRIPT = (REPO / "charts" / "modelpilot" / "argocd" / "health.lua").read_text()
 
 
-def health(obj: dict[str, Any]) -> dict[str, str]:
-    import lupa
+LUAS = ("lua51", "lua54")
 
-    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+
+@pytest.fixture(params=LUAS)
+def lua_version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def health(obj: dict[str, Any], version: str = "lua51") -> dict[str, str]:
+    import importlib
+
+    runtime = importlib.import_module(f"lupa.{version}")
+    lua = runtime.LuaRuntime(unpack_returned_tuples=True)
+    assert str(lua.eval("_VERSION")) == {"lua51": "Lua 5.1", "lua54": "Lua 5.4"}[version]
 
     def to_lua(value: Any) -> Any:
         if isinstance(value, dict):
@@ -69,8 +83,8 @@ def mdep(generation: int = 2, status: dict[str, Any] | None = None, replicas: in
             id="canary-rolled-back"),
     ],
 )
-def test_health(obj: dict[str, Any], expected: str, says: str) -> None:
-    result = health(obj)
+def test_health(obj: dict[str, Any], expected: str, says: str, lua_version: str) -> None:
+    result = health(obj, lua_version)
     assert result["status"] == expected
     assert says in result["message"]
 
@@ -87,5 +101,49 @@ def test_health_of_what_the_operator_really_writes() -> None:
     rollout = Rollout.from_deployment(dep)
     ok = compute_conditions(ResolvedModel("m", "3"), None, rollout)
     down = compute_conditions(ResolvedModel("m", "3"), Problem("RegistryUnreachable", "x"), rollout)
-    assert health(mdep(status={"observedGeneration": 2, "conditions": ok}))["status"] == "Healthy"
-    assert health(mdep(status={"observedGeneration": 2, "conditions": down}))["status"] == "Degraded"
+    for version in LUAS:
+        assert health(mdep(status={"observedGeneration": 2, "conditions": ok}), version)["status"] == "Healthy"
+        assert health(mdep(status={"observedGeneration": 2, "conditions": down}), version)["status"] == "Degraded"
+
+
+def test_health_of_a_canary_walked_by_the_real_reconcile(lua_version: str) -> None:
+    """Statuses written by the operator's own pipeline (in-memory API, fake clocks): a progressive rollout is
+    Progressing, a promoted one Healthy, an aborted (rolled back) one Degraded while stable still serves."""
+    from tests.fakes.harness import NS, Harness
+    from tests.fakes.kube import FakeKube
+    from tests.fakes.mlflow import FakeMlflow
+
+    registry = FakeMlflow()
+    registry.set_alias("fraud", "champion", "1")
+    world = Harness(FakeKube(), registry)
+    try:
+        world.apply(refreshInterval="5s", replicas=2, traffic={"router": "replicas"},
+                    canary={"steps": [{"weight": 50, "pause": "1m"}]})
+        world.converge()
+
+        def argo() -> str:
+            return health(world.kube.mdep(NS, "m"), lua_version)["status"]
+
+        assert argo() == "Healthy"
+        registry.set_alias("fraud", "champion", "2")
+        world.advance(6)
+        world.converge()
+        assert world.status()["canary"]["phase"] == "Running" and argo() == "Progressing"
+        world.advance(61)
+        for _ in range(3):
+            world.converge()
+        assert world.status()["model"]["version"] == "2" and argo() == "Healthy"
+
+        registry.set_alias("fraud", "champion", "3")
+        world.advance(6)
+        world.converge()
+        assert argo() == "Progressing"
+        world.kube.objects[("modelpilot.dev/v1alpha1", "ModelDeployment", NS, "m")]["metadata"]["annotations"] = {
+            "modelpilot.dev/abort": "3"}
+        world.converge()
+        status = world.status()
+        assert status["lastRollout"]["result"] == "RolledBack" and status["model"]["version"] == "2"
+        assert argo() == "Degraded"
+    finally:
+        world.stop()
+        registry.close()

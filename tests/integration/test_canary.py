@@ -175,21 +175,31 @@ def test_progressive_rollout_walks_httproute_weights_and_promotes_a_healthy_vers
     canary_server = serve(model_name, v2)
     registry.set_alias(model_name, "champion", v2)
 
+    # Every status seen while the canary runs is kept and checked after the poll (a failed assert inside
+    # the poll would only be retried, never reported); the route is applied before the status reporting it.
+    running: list[dict[str, Any]] = []
     seen_steps: dict[int, dict[str, int]] = {}
 
     def promoted(status: dict[str, Any]) -> bool:
         canary = status.get("canary") or {}
+        if canary:
+            running.append(status)
         if canary.get("phase") == "Running" and canary.get("step") not in seen_steps:
-            # the route is applied before the status that reports it
             seen_steps[canary["step"]] = route_weights(kube, namespace, "fraud")
-            assert canary["weight"] == steps[canary["step"] - 1]["weight"], canary
-            assert canary["router"] == "gatewayAPI"
-            assert (status.get("model") or {}).get("version") == v1, "stable stays on v1 while the canary runs"
-            assert condition({"status": status}, "Progressing")["reason"] == "CanaryRollout"
         return (status.get("lastRollout") or {}).get("result") == "Promoted" and not canary
 
     obj = wait_canary(kube, namespace, "fraud", "the canary to be promoted", promoted, operator, timeout=120)
     assert seen_steps == {1: {"fraud-stable": 80, "fraud-canary": 20}, 2: {"fraud-stable": 40, "fraud-canary": 60}}
+    walking = [s for s in running if s["canary"]["phase"] == "Running"]
+    assert {s["canary"]["step"] for s in walking} == {1, 2}
+    for seen in walking:
+        canary = seen["canary"]
+        assert canary["weight"] == steps[canary["step"] - 1]["weight"], canary
+        assert canary["router"] == "gatewayAPI", canary
+        assert condition({"status": seen}, "Progressing")["reason"] == "CanaryRollout", seen
+    for seen in running:
+        if seen["canary"]["phase"] != "Promoting":
+            assert seen["model"]["version"] == v1, f"stable must stay on v1 while the canary runs: {seen}"
     status = obj["status"]
     assert status["model"]["version"] == v2 and status["lastRollout"]["version"] == v2
     assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 100}

@@ -12,22 +12,11 @@ from typing import Any
 
 import pytest
 
-from modelpilot.config import Settings
-from modelpilot.reconciler import CONFLICT_RETRY_SECONDS, Reconciler
+from modelpilot.reconciler import CONFLICT_RETRY_SECONDS
 from modelpilot.workqueue import Retry, error_backoff
+from tests.fakes.harness import NS, Harness
 from tests.fakes.kube import FakeKube
 from tests.fakes.mlflow import FakeMlflow
-
-NS = "team-a"
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -43,61 +32,24 @@ def kube() -> FakeKube:
     return FakeKube()
 
 
-class World:
-    def __init__(self, kube: FakeKube, mlflow: FakeMlflow, **settings: Any) -> None:
-        self.kube = kube
-        self.mlflow = mlflow
-        self.clock = Clock(1000.0)
-        self.wall = Clock(T0)
-        self.settings = Settings(default_tracking_uri=mlflow.url, retry_base_seconds=1,
-                                 registry_timeout_seconds=2, **settings)
-        self.enqueued: list[tuple[str, str]] = []
-        self.reconciler = Reconciler(kube, self.settings, enqueue=self.enqueued.append, clock=self.clock,
-                                     wall_clock=self.wall)
 
-    def restart(self) -> None:
-        self.reconciler.outbound.stop()
-        self.reconciler = Reconciler(self.kube, self.settings, enqueue=self.enqueued.append, clock=self.clock,
-                                     wall_clock=self.wall)
-
-    def apply(self, name: str = "m", **spec: Any) -> None:
-        spec = {"model": {"uri": "models:/fraud@champion"}, **spec}
-        if ("modelpilot.dev/v1alpha1", "ModelDeployment", NS, name) in self.kube.objects:
-            self.kube.update_spec(NS, name, spec)
-        else:
-            self.kube.create({"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
-                              "metadata": {"name": name, "namespace": NS}, "spec": spec})
-
-    def reconcile(self, name: str = "m") -> float | None:
-        return self.reconciler.reconcile(NS, name)
-
-    def advance(self, seconds: float) -> None:
-        self.clock.now += seconds
-        self.wall.now += seconds
-
-    def condition(self, type_: str, name: str = "m") -> dict[str, Any]:
-        conds = (self.kube.mdep(NS, name).get("status") or {}).get("conditions") or []
-        return next((c for c in conds if c["type"] == type_), {})
-
-    def reasons(self, type_: str | None = None) -> list[str]:
-        return [e["reason"] for e in self.kube.events if type_ is None or e["type"] == type_]
 
 
 @pytest.fixture
-def world(kube: FakeKube, mlflow: FakeMlflow) -> Iterator[World]:
-    w = World(kube, mlflow)
+def world(kube: FakeKube, mlflow: FakeMlflow) -> Iterator[Harness]:
+    w = Harness(kube, mlflow)
     yield w
     w.reconciler.outbound.stop()
 
 
-def converge(world: World, name: str = "m") -> None:
+def converge(world: Harness, name: str = "m") -> None:
     world.reconcile(name)
     world.kube.settle()
     world.reconcile(name)
 
 
 # -- the happy path, and writing nothing when nothing changed --------------------------------------------
-def test_first_reconcile_creates_children_and_a_restart_writes_nothing(world: World) -> None:
+def test_first_reconcile_creates_children_and_a_restart_writes_nothing(world: Harness) -> None:
     world.apply()
     converge(world)
     assert ("Deployment", "m") in world.kube.children(NS) and ("Service", "m") in world.kube.children(NS)
@@ -114,7 +66,7 @@ def test_first_reconcile_creates_children_and_a_restart_writes_nothing(world: Wo
     assert world.kube.writes == [], "a restart and a refresh must not write to converged objects"
 
 
-def test_alias_move_rolls_the_deployment(world: World) -> None:
+def test_alias_move_rolls_the_deployment(world: Harness) -> None:
     world.apply(refreshInterval="10s")
     converge(world)
     world.mlflow.set_alias("fraud", "champion", "2")
@@ -125,7 +77,7 @@ def test_alias_move_rolls_the_deployment(world: World) -> None:
     assert "VersionChanged" in world.reasons()
 
 
-def test_a_field_removed_from_the_spec_is_removed_from_the_child(world: World) -> None:
+def test_a_field_removed_from_the_spec_is_removed_from_the_child(world: Harness) -> None:
     world.apply(nodeSelector={"pool": "gpu"})
     converge(world)
     world.apply()
@@ -137,7 +89,7 @@ def test_a_field_removed_from_the_spec_is_removed_from_the_child(world: World) -
 
 
 # -- registry trouble ---------------------------------------------------------------------------------
-def test_registry_outage_keeps_children_warns_once_and_recovers(world: World) -> None:
+def test_registry_outage_keeps_children_warns_once_and_recovers(world: Harness) -> None:
     world.apply(refreshInterval="5s")
     converge(world)
     world.kube.writes.clear()
@@ -157,7 +109,7 @@ def test_registry_outage_keeps_children_warns_once_and_recovers(world: World) ->
     assert world.condition("Ready")["status"] == "True" and "Recovered" in world.reasons()
 
 
-def test_an_answer_that_is_not_a_registry_is_reported_by_status_and_host_only(world: World, mlflow: FakeMlflow,
+def test_an_answer_that_is_not_a_registry_is_reported_by_status_and_host_only(world: Harness, mlflow: FakeMlflow,
                                                                                kube: FakeKube) -> None:
     mlflow.mode = "html"
     world.apply()
@@ -174,7 +126,7 @@ def foreign(kind: str, name: str, api_version: str = "v1") -> dict[str, Any]:
     return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": NS}, "spec": spec}
 
 
-def test_a_foreign_object_under_a_childs_name_is_a_conflict_and_nothing_is_touched(world: World) -> None:
+def test_a_foreign_object_under_a_childs_name_is_a_conflict_and_nothing_is_touched(world: Harness) -> None:
     theirs = world.kube.create(foreign("Service", "m"))
     world.apply()
     delay = world.reconcile()
@@ -192,7 +144,7 @@ def test_a_foreign_object_under_a_childs_name_is_a_conflict_and_nothing_is_touch
     assert world.condition("Ready")["status"] == "True"
 
 
-def test_a_foreign_canary_deployment_is_never_deleted(world: World) -> None:
+def test_a_foreign_canary_deployment_is_never_deleted(world: Harness) -> None:
     theirs = world.kube.create(foreign("Deployment", "m-canary", "apps/v1"))
     world.apply()
     converge(world)
@@ -200,7 +152,7 @@ def test_a_foreign_canary_deployment_is_never_deleted(world: World) -> None:
     assert world.condition("Ready")["status"] == "True", "a name the spec does not need is no conflict"
 
 
-def test_an_object_controlled_by_another_modeldeployment_is_not_adopted(world: World) -> None:
+def test_an_object_controlled_by_another_modeldeployment_is_not_adopted(world: Harness) -> None:
     other = foreign("Service", "m")
     other["metadata"]["ownerReferences"] = [{"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
                                              "name": "m", "uid": "someone-else", "controller": True}]
@@ -211,7 +163,7 @@ def test_an_object_controlled_by_another_modeldeployment_is_not_adopted(world: W
 
 
 # -- writes the API server refuses ---------------------------------------------------------------------------
-def test_a_refused_apply_is_reported_and_retried(world: World) -> None:
+def test_a_refused_apply_is_reported_and_retried(world: Harness) -> None:
     world.kube.refuse[("Deployment", "m")] = (422, 'Deployment.apps "m" is invalid: spec.template...: quantities')
     world.apply()
     with pytest.raises(Retry):
@@ -238,7 +190,7 @@ def test_backoff_is_capped_and_never_overflows() -> None:
 def test_the_platform_token_never_goes_to_a_registry_the_tenant_chose(kube: FakeKube, mlflow: FakeMlflow) -> None:
     platform = FakeMlflow()
     platform.set_alias("fraud", "champion", "1")
-    world = World(kube, platform, default_credentials_secret="platform-auth")
+    world = Harness(kube, platform, default_credentials_secret="platform-auth")
     kube.secrets[(NS, "platform-auth")] = {"token": "PLATFORM-TOKEN"}
     kube.secrets[(NS, "mine")] = {"token": "TENANT-TOKEN"}
     try:
@@ -265,7 +217,7 @@ def test_the_platform_token_never_goes_to_a_registry_the_tenant_chose(kube: Fake
 
 
 def test_a_registry_outside_the_allowlist_is_an_invalid_spec(kube: FakeKube, mlflow: FakeMlflow) -> None:
-    world = World(kube, mlflow, allowed_registry_urls=("https://mlflow.platform.svc",))
+    world = Harness(kube, mlflow, allowed_registry_urls=("https://mlflow.platform.svc",))
     try:
         world.apply(registry={"trackingUri": "http://evil.example:5000"})
         world.reconcile()
@@ -277,7 +229,7 @@ def test_a_registry_outside_the_allowlist_is_an_invalid_spec(kube: FakeKube, mlf
 
 
 # -- a slow registry holds nobody ---------------------------------------------------------------------------
-def test_a_trickling_registry_does_not_hold_the_reconcile(world: World, mlflow: FakeMlflow) -> None:
+def test_a_trickling_registry_does_not_hold_the_reconcile(world: Harness, mlflow: FakeMlflow) -> None:
     mlflow.mode = "trickle"
     world.apply()
     started = time.monotonic()
@@ -296,7 +248,7 @@ def test_a_trickling_registry_does_not_hold_the_reconcile(world: World, mlflow: 
 
 
 # -- a progressive canary walked with the fake clocks ---------------------------------------------------------
-def test_progressive_canary_walks_its_steps_and_promotes(world: World) -> None:
+def test_progressive_canary_walks_its_steps_and_promotes(world: Harness) -> None:
     world.apply(refreshInterval="5s", replicas=4, traffic={"router": "replicas"},
                 canary={"steps": [{"weight": 25, "pause": "1m"}, {"weight": 50, "pause": "1m"}]})
     converge(world)
