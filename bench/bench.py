@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nTargets:")
     for text, ok in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {text}")
+    missed = [text for text, ok in checks if not ok]
+    if missed:
+        print(f"\n{len(missed)} target(s) missed: `make bench` fails", file=sys.stderr)
+        return 1
     return 0
 
 

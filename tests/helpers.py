@@ -55,6 +55,9 @@ class Operator:
             "MODELPILOT_DEFAULT_TRACKING_URI": tracking_uri,
             "MODELPILOT_RETRY_BASE_SECONDS": "1",
             "MODELPILOT_REGISTRY_TIMEOUT_SECONDS": "3",
+            # one "Reconciled NS/NAME" line per finished reconcile: tests prove the operator acted
+            # before they assert that it changed nothing
+            "MODELPILOT_LOG_LEVEL": "DEBUG",
         }
         self.liveness_port = 0
 
@@ -95,6 +98,15 @@ class Operator:
 
     def logs(self, lines: int = 60) -> str:
         return self.procs.log_tail("operator", lines)
+
+    def reconciles(self, namespace: str, name: str, offset: int = 0) -> int:
+        """How many reconciles of namespace/name finished since log offset `offset`."""
+        return self.logs_since(offset).count(f"Reconciled {namespace}/{name} ")
+
+    def wait_reconciles(self, namespace: str, name: str, count: int, offset: int, timeout: float = 60) -> None:
+        """Wait until `count` reconciles of namespace/name finished after `offset` (proof the operator looked)."""
+        wait_for(lambda: self.reconciles(namespace, name, offset) >= count, timeout,
+                 f"{count} reconciles of {namespace}/{name}\n{self.logs()}")
 
     def log_size(self) -> int:
         path = self.procs.state / "logs" / "operator.log"

@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="watch ModelDeployments in every namespace (the default)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("--log-level", default=os.environ.get("MODELPILOT_LOG_LEVEL", ""),
+                   choices=["", "DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="level of the operator's own log lines (DEBUG adds one line per reconcile); "
+                        "env MODELPILOT_LOG_LEVEL; default INFO (WARNING with --quiet)")
     p.add_argument("--liveness-port", type=int, default=int(os.environ.get("MODELPILOT_LIVENESS_PORT", 8081)),
                    help="serve /healthz on this port (0: off; default 8081)")
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("MODELPILOT_METRICS_PORT", 9090)),
@@ -43,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if namespaces is None and not args.all_namespaces and os.environ.get("MODELPILOT_NAMESPACES"):
         namespaces = [n.strip() for n in os.environ["MODELPILOT_NAMESPACES"].split(",") if n.strip()]
     kopf.configure(verbose=args.verbose >= 1, debug=args.verbose >= 2, quiet=args.quiet)
-    logging.getLogger("modelpilot").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    level = args.log_level or ("WARNING" if args.quiet else "INFO")
+    logging.getLogger("modelpilot").setLevel(getattr(logging, level))
     if not args.verbose:
         # kopf logs every handler call at INFO; ours only enqueue, so that is noise, not news
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

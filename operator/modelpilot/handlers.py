@@ -50,6 +50,7 @@ def _reconcile(key: Key) -> float | None:
             metrics.RECONCILES.labels(result="error").inc()
             raise
     metrics.RECONCILES.labels(result="ok").inc()
+    log.debug("Reconciled %s/%s (next look in %s)", *key, "never" if result is None else f"{result:.1f}s")
     return result
 
 

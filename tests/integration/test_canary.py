@@ -305,9 +305,11 @@ def test_operator_restart_mid_rollout_resumes_at_the_same_step_and_manual_promot
                       operator)
     before = obj["status"]["canary"]
     assert before["step"] == 1 and route_weights(kube, namespace, "fraud") == {"fraud-stable": 90, "fraud-canary": 10}
+    offset = operator.log_size()
     operator.restart()
-    # The restarted operator picks up the rollout where it was: same step, same step clock, same weights.
-    time.sleep(3)  # let it reconcile (the check below is about what it did NOT change)
+    # The restarted operator picks up the rollout where it was: same step, same step clock, same weights
+    # (after it has reconciled twice: the check is about what it did NOT change).
+    operator.wait_reconciles(namespace, "fraud", 2, offset)
     after = canary_status(kube, namespace, "fraud")
     assert (after["step"], after["stepStartedAt"], after["phase"]) == (1, before["stepStartedAt"], "Running")
     assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 90, "fraud-canary": 10}
@@ -341,7 +343,10 @@ def test_missing_metrics_never_promote_and_abort_rolls_back(
     assert "cannot be reached" in obj["status"]["canary"]["message"]
     events = wait_event(kube, namespace, "fraud", "AnalysisInconclusive", "Warning")
     assert any(nowhere in e["message"] for e in events if e["reason"] == "AnalysisInconclusive")
-    time.sleep(4)  # more than the step's pause and a retry: still not promoted
+    # two more analyses (retried every 15 s), each inconclusive in the operator's log: still not promoted
+    offset = operator.log_size()
+    wait_for(lambda: operator.logs_since(offset).count(f"Analysis of {namespace}/fraud version {v2}: inconclusive")
+             >= 2, 60, f"two more analyses\n{operator.logs()}")
     obj = get_mdep(kube, namespace, "fraud")
     assert obj["status"]["model"]["version"] == v1 and obj["status"]["canary"]["version"] == v2
     assert replicas(kube, namespace, "fraud") == (1, 1)
@@ -373,7 +378,9 @@ def test_registry_outage_pauses_a_rollout_and_it_resumes(
     assert obj["status"]["canary"]["step"] == 1
     assert condition(obj, "ModelResolved")["reason"] == "RegistryUnreachable"
     weights = route_weights(kube, namespace, "fraud")
-    time.sleep(6)  # longer than the step's pause: nothing moves while the registry is away
+    offset = operator.log_size()
+    time.sleep(5)  # longer than the step's pause (4 s) ...
+    operator.wait_reconciles(namespace, "fraud", 2, offset)  # ... and the operator looked: nothing moves
     assert canary_status(kube, namespace, "fraud")["step"] == 1
     assert route_weights(kube, namespace, "fraud") == weights == {"fraud-stable": 70, "fraud-canary": 30}
     own_mlflow.start()

@@ -23,6 +23,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "frame": models.save_sklearn_proba(root / "frame"),
         "onnx": models.save_onnx(root / "onnx"),
         "flaky": models.save_flaky(root / "flaky"),
+        "echo_params": models.save_echo_params(root / "echo_params"),
     }
 
 

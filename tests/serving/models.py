@@ -87,3 +87,19 @@ def save_flaky(path: Path) -> Path:
     mlflow.pyfunc.save_model(str(path), python_model=FlakyModel(), pip_requirements=PYFUNC_REQUIREMENTS,
                              signature=infer_signature(x, (x["f0"] * 10).to_numpy()))
     return path
+
+
+def save_echo_params(path: Path) -> Path:
+    """Answers, for each row, the `tag` param it was called with (to see which params a batch ran with)."""
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    class EchoParams(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-defined]
+        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+            tag = (params or {}).get("tag", "none")
+            return np.array([tag] * len(model_input), dtype=object)
+
+    x = pd.DataFrame({"x": [1.0, 2.0]})
+    mlflow.pyfunc.save_model(str(path), python_model=EchoParams(), pip_requirements=PYFUNC_REQUIREMENTS,
+                             signature=infer_signature(x, np.array(["a", "b"]), params={"tag": "none"}))
+    return path

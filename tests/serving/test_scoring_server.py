@@ -75,34 +75,93 @@ def test_schema_violations_are_400_like_mlflow(sklearn_server: Server, mlflow_re
     assert body["error_code"] == "BAD_REQUEST" and body["message"] and "Traceback" not in body["message"]
 
 
+def _bucket(server: Server, le: str) -> float:
+    """Predict calls so far with at most `le` rows (modelpilot_batch_size_rows)."""
+    return _metric(server, f'modelpilot_batch_size_rows_bucket{{le="{le}"')
+
+
+def _calls(server: Server) -> float:
+    return _metric(server, "modelpilot_batch_size_rows_count")
+
+
 def test_concurrent_requests_are_batched_and_answers_match_unbatched(sklearn_server: Server) -> None:
     single = {i: sklearn_server.post("/invocations", json.dumps(split([one(i)]))).json() for i in range(40)}
-    before = _metric(sklearn_server, "modelpilot_batch_size_rows_count")
+    calls, singles = _calls(sklearn_server), _bucket(sklearn_server, "1.0")
     with ThreadPoolExecutor(40) as pool:
         batched = dict(zip(range(40), pool.map(
             lambda i: sklearn_server.post("/invocations", json.dumps(split([one(i)]))).json(), range(40)),
             strict=True))
     assert batched == single
-    calls = _metric(sklearn_server, "modelpilot_batch_size_rows_count") - before
-    assert calls < 40, f"40 concurrent requests took {calls} predict calls: nothing was batched"
+    calls = _calls(sklearn_server) - calls
+    merged = calls - (_bucket(sklearn_server, "1.0") - singles)
+    assert merged >= 1, f"40 concurrent requests took {calls:.0f} predict calls, none with more than one row"
+    assert calls <= 30, f"40 concurrent requests took {calls:.0f} predict calls: hardly anything was batched"
 
 
 def test_bad_request_never_poisons_its_batch_mates(sklearn_server: Server) -> None:
+    """The bad request has the good ones' merge key (the key reads the first row's columns and value types;
+    its second row is wrong), so it is merged with them: the merged predict fails, and the fallback runs
+    each request alone. Without that fallback, every batch-mate of the bad request would fail."""
     good = {i: sklearn_server.post("/invocations", json.dumps(split([one(i)]))).json() for i in range(20)}
-    bad = json.dumps(split([["oops", 1, 2, 3, 4]]))
+    bad = json.dumps(split([one(0), ["oops", 1.0, 2.0, 3.0, 4.0]]))
 
     def call(i: int) -> tuple[int, Any]:
         body = bad if i % 4 == 0 else json.dumps(split([one(i)]))
         r = sklearn_server.post("/invocations", body)
         return r.status_code, r.json()
 
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(call, range(20)))
-    for i, (status, body) in enumerate(results):
-        if i % 4 == 0:
-            assert status == 400, body
-        else:
-            assert (status, body) == (200, good[i])
+    for _attempt in range(5):  # concurrency decides what merges: until a bad request shared a batch
+        before = _calls(sklearn_server) - _bucket(sklearn_server, "2.0")
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(call, range(20)))
+        for i, (status, body) in enumerate(results):
+            if i % 4 == 0:
+                assert status == 400, body
+            else:
+                assert (status, body) == (200, good[i])
+        if _calls(sklearn_server) - _bucket(sklearn_server, "2.0") > before:
+            return  # a predict call of 3+ rows: the 2-row bad request merged with good ones (or goods alone)
+    raise AssertionError("no batch of more than two rows formed in five rounds of 20 concurrent requests")
+
+
+def test_max_batch_size_caps_the_rows_of_a_predict_call(start_server: StartServer,
+                                                      model_dirs: dict[str, Path]) -> None:
+    server = start_server(model_dirs["sklearn"], "--max-batch-size", "4", "--max-batch-delay-ms", "20")
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(lambda i: server.post("/invocations", json.dumps(split([one(i % 20)]))), range(48)))
+    calls = _calls(server)
+    assert _bucket(server, "4.0") == calls, "a predict call held more than --max-batch-size rows"
+    assert calls - _bucket(server, "1.0") >= 1, "and batches did form (of 2 to 4 rows)"
+
+
+def test_params_are_part_of_the_merge_key(start_server: StartServer, model_dirs: dict[str, Path]) -> None:
+    """Requests with different params never share a predict call (each call gets one params dict)."""
+    server = start_server(model_dirs["echo_params"], "--max-batch-delay-ms", "20")
+
+    def call(i: int) -> tuple[int, Any]:
+        body = {"dataframe_split": {"columns": ["x"], "data": [[float(i)]]}, "params": {"tag": f"p{i % 2}"}}
+        r = server.post("/invocations", json.dumps(body))
+        return i, r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = dict(pool.map(call, range(32)))
+    for i, body in answers.items():
+        assert body["predictions"] == [f"p{i % 2}"], (i, body)
+
+
+def test_a_lone_request_runs_at_once(start_server: StartServer, model_dirs: dict[str, Path]) -> None:
+    """With a long batch delay, a request that has no company is not held back waiting for batch-mates."""
+    import time
+
+    server = start_server(model_dirs["sklearn"], "--max-batch-delay-ms", "2000")
+    body = json.dumps(split([one(0)]))
+    server.post("/invocations", body)  # warm
+    took = []
+    for _ in range(5):
+        started = time.perf_counter()
+        assert server.post("/invocations", body).status_code == 200
+        took.append(time.perf_counter() - started)
+    assert min(took) < 0.5, f"a lone request waited for batch-mates: {took}"
 
 
 def test_frame_predictions_split_back_exactly(start_server: StartServer, model_dirs: dict[str, Path]) -> None:

@@ -1,0 +1,108 @@
+"""The work queue's promises, as the README states them: one reconcile per key at a time, bursts
+coalesced, a key re-run right after a pass that was asked for during it, failures retried with a
+growing (capped) delay and never dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+
+from modelpilot.workqueue import Retry, WorkQueue, error_backoff
+
+
+def test_a_burst_of_triggers_is_one_reconcile() -> None:
+    calls: list[str] = []
+
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue(lambda k: calls.append(k) and None, workers=2)
+        runner = asyncio.create_task(queue.run())
+        await asyncio.sleep(0.01)
+        for _ in range(10):
+            queue.add("a")  # ten Deployment status events in one tick
+        await asyncio.sleep(0.3)
+        runner.cancel()
+        queue.shutdown()
+
+    asyncio.run(scenario())
+    assert calls == ["a"]
+
+
+def test_one_reconcile_per_key_at_a_time_and_a_trigger_during_it_runs_again_after() -> None:
+    running: dict[str, int] = {}
+    overlap: list[str] = []
+    done: list[str] = []
+    release = threading.Event()
+
+    def process(key: str) -> None:
+        running[key] = running.get(key, 0) + 1
+        if running[key] > 1:
+            overlap.append(key)
+        release.wait(2)
+        running[key] -= 1
+        done.append(key)
+
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue(process, workers=4)
+        runner = asyncio.create_task(queue.run())
+        await asyncio.sleep(0.01)
+        queue.add("a")
+        await asyncio.sleep(0.1)
+        queue.add("a")  # while "a" runs: it must run once more afterwards, never beside itself
+        queue.add("a")
+        await asyncio.sleep(0.1)
+        release.set()
+        await asyncio.sleep(0.3)
+        runner.cancel()
+        queue.shutdown()
+
+    asyncio.run(scenario())
+    assert overlap == [] and done == ["a", "a"]
+
+
+def test_failures_are_retried_with_growing_delays_and_never_dropped() -> None:
+    attempts: list[float] = []
+
+    def process(_key: str) -> float | None:
+        attempts.append(time.monotonic())
+        if len(attempts) < 4:
+            raise Retry("refused")
+        return None
+
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue(process, workers=1,
+                                          error_delay=lambda _k, n: error_backoff(0.05, n, cap=0.5))
+        runner = asyncio.create_task(queue.run())
+        await asyncio.sleep(0.01)
+        queue.add("a")
+        await asyncio.sleep(1.5)
+        runner.cancel()
+        queue.shutdown()
+
+    asyncio.run(scenario())
+    assert len(attempts) == 4, "retried until it succeeded, then not again"
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] < gaps[1] < gaps[2], f"the delay grows: {gaps}"
+
+
+def test_the_delay_a_reconcile_asks_for_is_kept() -> None:
+    attempts: list[float] = []
+
+    def process(_key: str) -> float | None:
+        attempts.append(time.monotonic())
+        return 0.3 if len(attempts) == 1 else None
+
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue(process, workers=1)
+        runner = asyncio.create_task(queue.run())
+        await asyncio.sleep(0.01)
+        queue.add("a")
+        await asyncio.sleep(0.1)
+        queue.add("a", delay=5)  # a later request does not push back the earlier one
+        await asyncio.sleep(0.6)
+        runner.cancel()
+        queue.shutdown()
+
+    asyncio.run(scenario())
+    assert len(attempts) == 2 and 0.25 < attempts[1] - attempts[0] < 0.6
