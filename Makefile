@@ -55,8 +55,8 @@ unit: venv ## fast tests only (no cluster, no registry)
 system-packages: ## Debian packages the tests run for real (prometheus; containerd, runc, CNI, buildah, ... for the real node)
 	bash hack/system-packages.sh --node
 
-images: venv system-packages ## build (or reuse) the real node's pause and scoring-server images, without Docker
-	$(PY) -m hack.realnode images
+images: venv system-packages ## build (or reuse) the real node's pause, scoring-server and operator images, without Docker
+	$(PY) -m hack.images operator
 
 test: venv binaries system-packages images lint ## the whole test suite, against a real control plane and a real MLflow
 	$(VENV)/bin/pytest -v --durations=15 $(PYTEST_ARGS)

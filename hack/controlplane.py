@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hack.layout import Layout
-from hack.pki import kubeconfig, make_pki
+from hack.pki import host_ips, kubeconfig, make_pki
 from hack.proc import REPO, Processes, free_port, log, wait_for
 
 
@@ -115,8 +115,7 @@ class ControlPlane:
         self.procs.start("kube-apiserver", [
             str(b / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-            "--bind-address=127.0.0.1", f"--secure-port={p['apiserver']}",
-            "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+            *_reachability(p["apiserver"]),
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--service-account-key-file={pki / 'sa.pub'}",
@@ -197,3 +196,15 @@ def kwok_node(name: str, gpus: int) -> dict[str, Any]:
         "spec": spec,
         "status": {"capacity": capacity, "allocatable": capacity},
     }
+
+
+def _reachability(port: int) -> list[str]:
+    """How the API server listens. Pods on the real node (the Helm-installed operator) reach it through
+    the `kubernetes` Service, whose endpoint is the advertise address: the machine's own address, which
+    pods reach through the node bridge. Without one (no non-loopback address), it stays on loopback."""
+    ips = host_ips()
+    if not ips:
+        return ["--bind-address=127.0.0.1", f"--secure-port={port}", "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none"]
+    return ["--bind-address=0.0.0.0", f"--secure-port={port}", f"--advertise-address={ips[0]}",
+            "--endpoint-reconciler-type=lease"]

@@ -21,137 +21,25 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from hack.controlplane import ControlPlane
+from hack.images import PAUSE_IMAGE, SERVING, build_image, build_pause_image, run
 from hack.pki import issue_certificate, kubeconfig
 from hack.proc import REPO, Processes, free_port, log, wait_for
 
-CACHE = Path(os.environ.get("MODELPILOT_CACHE", Path.home() / ".cache" / "modelpilot"))
-IMAGES = CACHE / "images"
 NODE_NAME = "real-node-0"
 #: Pods on the real node get addresses from this range; the host side of the bridge is .1.
 POD_CIDR = "10.88.0.0/16"
 BRIDGE = "mp0"
 BRIDGE_IP = "10.88.0.1"
-PAUSE_IMAGE = "localhost/modelpilot/pause:1"
-BASE_IMAGE = "localhost/modelpilot/debian-python:bookworm"
-SERVING_REPO = "localhost/modelpilot/scoring-server"
-#: The inputs of the serving image: a change in any of them gives a new tag. The image holds only the
-#: scoring server's own package, so editing the operator does not rebuild it.
-IMAGE_INPUTS = ("serving-image",)
-
-
-def run(*argv: str | Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], check=True, text=True, capture_output=True,
-                          env={**os.environ, **(env or {})}, **kw)
 
 
 def node_selector() -> dict[str, str]:
     return {"modelpilot.dev/real-node": "true"}
-
-
-# -- images ----------------------------------------------------------------------------------------
-def _buildah(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    storage = IMAGES / "buildah"
-    return subprocess.run(["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
-                           *map(str, args)], check=check, text=True, capture_output=True,
-                          env={**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"})
-
-
-def _image_exists(name: str) -> bool:
-    out = _buildah("images", "-q", name, check=False)
-    return out.returncode == 0 and bool(out.stdout.strip())
-
-
-def serving_image_tag() -> str:
-    """A content hash of everything the serving image is built from."""
-    digest = hashlib.sha256()
-    for item in IMAGE_INPUTS:
-        root = REPO / item
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
-                                                     and "__pycache__" not in p.parts and ".egg-info" not in str(p))
-        for path in files:
-            digest.update(str(path.relative_to(REPO)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def build_pause_image() -> Path:
-    archive = IMAGES / "pause-1.tar"
-    if archive.exists():
-        return archive
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    binary = IMAGES / "pause"
-    run("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", binary, ".", cwd=REPO / "hack" / "pause",
-        env={"CGO_ENABLED": "0", "GOTOOLCHAIN": "local"})
-    container = _buildah("from", "scratch").stdout.strip()
-    _buildah("copy", container, binary, "/pause")
-    _buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container)
-    _buildah("commit", "-q", container, PAUSE_IMAGE)
-    _buildah("push", PAUSE_IMAGE, f"oci-archive:{archive}.tmp:{PAUSE_IMAGE}")
-    Path(f"{archive}.tmp").rename(archive)
-    return archive
-
-
-def build_base_image() -> None:
-    """Debian bookworm (minbase + python3, venv, CA certificates) from debootstrap, as a local image."""
-    if _image_exists(BASE_IMAGE):
-        return
-    started = time.monotonic()
-    rootfs = IMAGES / "debian-bookworm-rootfs"
-    tarball = IMAGES / "debian-bookworm-rootfs.tar"
-    if not tarball.exists():
-        shutil.rmtree(rootfs, ignore_errors=True)
-        log("debootstrap: building a Debian bookworm root filesystem (about a minute)")
-        run("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm",
-            rootfs, "http://deb.debian.org/debian")
-        run("tar", "-C", rootfs, "-cf", f"{tarball}.tmp", ".")
-        Path(f"{tarball}.tmp").rename(tarball)
-        shutil.rmtree(rootfs, ignore_errors=True)
-    container = _buildah("from", "scratch").stdout.strip()
-    _buildah("add", container, tarball, "/")
-    _buildah("commit", "-q", container, BASE_IMAGE)
-    log(f"base image {BASE_IMAGE} in {time.monotonic() - started:.0f}s")
-
-
-def build_serving_image() -> tuple[str, Path]:
-    """The scoring-server image from serving-image/Dockerfile, built by buildah; (name, OCI archive)."""
-    tag = serving_image_tag()
-    image = f"{SERVING_REPO}:{tag}"
-    archive = IMAGES / f"scoring-server-{tag}.tar"
-    if archive.exists():
-        return image, archive
-    build_base_image()
-    started = time.monotonic()
-    log(f"buildah: building {image} from serving-image/Dockerfile (a few minutes cold)")
-    # Package traffic goes through a TLS-intercepting proxy whose CA only the host trusts: mount the
-    # host's bundle (and pip's config pointing at it) into the build, never into the image.
-    mounts: list[str] = []
-    for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf"):
-        if Path(path).exists():
-            mounts += ["-v", f"{path}:{path}:ro"]
-    _buildah("bud", "-q", "--layers", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *mounts,
-             "-f", REPO / "serving-image" / "Dockerfile", "-t", image, REPO)
-    for old in IMAGES.glob("scoring-server-*.tar"):
-        old.unlink()  # one cached archive: the current inputs
-    _buildah("push", image, f"oci-archive:{archive}.tmp:{image}")
-    Path(f"{archive}.tmp").rename(archive)
-    # vfs storage copies every layer: drop earlier builds so the cache does not grow with each change
-    names = _buildah("images", "--format", "{{.Name}}:{{.Tag}}").stdout.split()
-    stale = [n for n in names if n.startswith(f"{SERVING_REPO}:") and n != image]
-    if stale:
-        _buildah("rmi", *stale)
-    _buildah("rmi", "--prune", check=False)
-    log(f"serving image {image} built in {time.monotonic() - started:.0f}s")
-    return image, archive
 
 
 # -- the node --------------------------------------------------------------------------------------
@@ -191,7 +79,7 @@ class RealNode:
                 f"the bridge {BRIDGE} and kube-proxy's iptables chains). Stop it first: `make dev-down` for "
                 "the demo's .dev, or `python -m hack.devenv down --state DIR`.")
         subprocess.run(["bash", str(REPO / "hack" / "system-packages.sh"), "--node"], check=True)
-        image, archive = build_serving_image()
+        image, archive = build_image(SERVING)
         pause = build_pause_image()
         self.image = image
         if all(self.procs.alive(c) for c in self.COMPONENTS) and self.ready():
@@ -209,6 +97,10 @@ class RealNode:
         wait_for(self.ready, 120, f"node {NODE_NAME} Ready\n{self.procs.log_tail('kubelet', 40)}")
         log(f"real node {NODE_NAME} ready in {time.monotonic() - started:.1f}s (image {image})")
         return image
+
+    def import_image(self, archive: Path, name: str) -> None:
+        """Make an image (an OCI archive) runnable on this node, e.g. the operator's for the Helm chart."""
+        self._import(archive, name)
 
     def _import(self, archive: Path, name: str) -> None:
         if name in self.ctr("images", "ls", "-q").stdout.split():
@@ -357,21 +249,3 @@ def _mounts_under(root: Path) -> list[str]:
         return []
     prefix = str(root) + "/"
     return [line.split()[1] for line in lines if line.split()[1].startswith(prefix)]
-
-
-def main() -> int:
-    """`python -m hack.realnode images`: build (or reuse) the pause and scoring-server images."""
-    import sys
-
-    if sys.argv[1:] != ["images"]:
-        print("usage: python -m hack.realnode images", file=sys.stderr)
-        return 2
-    subprocess.run(["bash", str(REPO / "hack" / "system-packages.sh"), "--node"], check=True)
-    build_pause_image()
-    image, archive = build_serving_image()
-    print(f"{image} {archive}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from hack.layout import Layout
 from hack.proc import REPO, Processes, free_port, http_answers, log, wait_for
@@ -82,7 +83,10 @@ class PrometheusServer:
     scrapes every second so a canary analysis over a few seconds has samples.
     """
 
-    def __init__(self, state: Path, name: str = "prometheus") -> None:
+    def __init__(self, state: Path, name: str = "prometheus",
+                 scrape_configs: list[dict[str, Any]] | None = None) -> None:
+        """`scrape_configs`: more jobs beside the file_sd one (e.g. Kubernetes pod discovery)."""
+        self.extra_jobs = list(scrape_configs or [])
         self.dir = Layout(state).service(name)
         self.procs = Processes(self.dir)
         self.port_path = self.dir / "port"
@@ -108,7 +112,7 @@ class PrometheusServer:
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "modelpilot-scoring-servers", "file_sd_configs": [
-                {"files": [str(self.targets / "*.json")], "refresh_interval": "1s"}]}],
+                {"files": [str(self.targets / "*.json")], "refresh_interval": "1s"}]}, *self.extra_jobs],
         }
         (self.dir / "prometheus.yml").write_text(json.dumps(config, indent=1))
         port = free_port()
@@ -127,6 +131,16 @@ class PrometheusServer:
 
     def remove_target(self, name: str) -> None:
         (self.targets / f"{name}.json").unlink(missing_ok=True)
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The series of an instant query (for tests that check what Prometheus saw)."""
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.loads(resp.read())
+        return list(body["data"]["result"])
 
     def stop(self) -> None:
         self.procs.stop("prometheus")

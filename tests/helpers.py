@@ -60,12 +60,14 @@ class Operator:
             "MODELPILOT_LOG_LEVEL": "DEBUG",
         }
         self.liveness_port = 0
+        self.metrics_port = 0
 
     def start(self) -> None:
         self.liveness_port = free_port()
+        self.metrics_port = free_port()
         self.procs.start("operator", [
             sys.executable, "-m", "modelpilot.cli", "--all-namespaces",
-            "--liveness-port", str(self.liveness_port), "--metrics-port", str(free_port()),
+            "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port),
         ], env=self.env)
         wait_for(self._live, 60, f"operator liveness endpoint\n{self.logs()}")
 
@@ -98,6 +100,16 @@ class Operator:
 
     def logs(self, lines: int = 60) -> str:
         return self.procs.log_tail("operator", lines)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A counter of the operator's /metrics (0 when the series does not exist yet)."""
+        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            series, _, value = line.rpartition(" ")
+            if series == (f"{name}{{{want}}}" if want else name):
+                return float(value)
+        return 0.0
 
     def reconciles(self, namespace: str, name: str, offset: int = 0) -> int:
         """How many reconciles of namespace/name finished since log offset `offset`."""

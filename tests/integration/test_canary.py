@@ -173,6 +173,8 @@ def test_progressive_rollout_walks_httproute_weights_and_promotes_a_healthy_vers
 
     v2 = registry.register(model_name, seed=1)
     canary_server = serve(model_name, v2)
+    promotions = operator.metric("modelpilot_promotions_total")
+    passes = operator.metric("modelpilot_canary_analyses_total", outcome="pass")
     registry.set_alias(model_name, "champion", v2)
 
     # Every status seen while the canary runs is kept and checked after the poll (a failed assert inside
@@ -213,6 +215,9 @@ def test_progressive_rollout_walks_httproute_weights_and_promotes_a_healthy_vers
     step_events = [e["message"] for e in events_for(kube, namespace, "fraud") if e["reason"] == "CanaryStep"]
     assert any("step 1 passed: errorRate 0" in m for m in step_events), step_events
     assert canary_server.codes[200] > 20 and set(canary_server.codes) == {200}
+    # the operator's own metrics say so too
+    assert operator.metric("modelpilot_promotions_total") == promotions + 1
+    assert operator.metric("modelpilot_canary_analyses_total", outcome="pass") >= passes + 2
 
 
 # -- progressive rollout: roll back on real metrics ---------------------------------------------------
@@ -236,6 +241,8 @@ def test_a_bad_version_is_rolled_back_and_not_retried_until_the_alias_moves(
 
     bad = register_faulty(mlflow_server.url, model_name, features=FEATURES, **fault)
     server = serve(model_name, bad)
+    rollbacks = operator.metric("modelpilot_rollbacks_total")
+    failures = operator.metric("modelpilot_canary_analyses_total", outcome="fail")
     registry.set_alias(model_name, "champion", bad)
 
     def at_step_one(status: dict[str, Any]) -> bool:
@@ -264,6 +271,8 @@ def test_a_bad_version_is_rolled_back_and_not_retried_until_the_alias_moves(
     if router == "gatewayAPI":
         assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 100}
     rolled = [e for e in events_for(kube, namespace, "fraud") if e["reason"] == "RolledBack"]
+    assert operator.metric("modelpilot_rollbacks_total") == rollbacks + 1
+    assert operator.metric("modelpilot_canary_analyses_total", outcome="fail") == failures + 1
     assert len(rolled) == 1 and rolled[0]["type"] == "Warning" and failed_metric in rolled[0]["message"]
     if failed_metric == "errorRate":
         assert server.codes[500] > 0, "the faulty version really failed requests"
@@ -357,6 +366,28 @@ def test_missing_metrics_never_promote_and_abort_rolls_back(
     assert "annotation" in obj["status"]["rejected"]["reason"]
     wait_for(lambda: replicas(kube, namespace, "fraud") == (2, None), 30, "the canary to be removed")
     assert serving_version(kube, namespace, "fraud") == v1
+
+
+def test_a_canary_without_traffic_is_never_promoted_on_an_empty_answer(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str, prometheus: PrometheusServer) -> None:
+    """Real Prometheus, up and answering, but no series for the canary (nothing serves it): each analysis
+    through the real query path is inconclusive, and the rollout waits."""
+    v1 = registry.register(model_name, alias="champion", seed=0)
+    apply(control_plane, mdep_manifest(
+        "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", traffic={"router": "replicas"},
+        replicas=2, canary={"steps": [{"weight": 50, "pause": "2s"}],
+                            "analysis": analysis(prometheus, maxErrorRate=0.5)}))
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+    offset = operator.log_size()
+    v2 = registry.register(model_name, alias="champion", seed=1)
+    wait_for(lambda: operator.logs_since(offset).count(f"Analysis of {namespace}/fraud version {v2}: inconclusive")
+             >= 2, 60, f"two analyses\n{operator.logs()}")
+    obj = get_mdep(kube, namespace, "fraud")
+    canary = obj["status"]["canary"]
+    assert canary["phase"] == "Inconclusive" and "no canary requests" in canary["message"], canary
+    assert obj["status"]["model"]["version"] == v1, "stable never moved on an empty answer"
+    assert not obj["status"].get("lastRollout")
 
 
 def test_registry_outage_pauses_a_rollout_and_it_resumes(

@@ -141,3 +141,37 @@ def test_helm_install_with_a_misspelled_value_fails_naming_it(control_plane: Con
                           "--set", "registry.trackinguri=http://mlflow:5000"], capture_output=True, text=True)
     assert out.returncode != 0
     assert "additional properties 'trackinguri' not allowed" in out.stderr, out.stderr
+
+
+def test_helm_upgrade_upgrades_the_crd(installed: str, control_plane: ControlPlane, kube: Kube,
+                                       tmp_path: Path) -> None:
+    """The CRD is a template, not a crds/ file: `helm upgrade` applies a changed CRD (and back again)."""
+    import shutil
+
+    assert control_plane.bin is not None
+    helm = [str(control_plane.bin / "helm"), "--kubeconfig", str(control_plane.kubeconfig_path)]
+    chart = tmp_path / "modelpilot"
+    shutil.copytree(REPO / "charts" / "modelpilot", chart)
+    crd_file = chart / "files" / "modeldeployments.modelpilot.dev.yaml"
+    marker = "Upgraded by helm upgrade (test)."
+    crd_file.write_text(crd_file.read_text().replace("What the operator observed.", marker, 1))
+    assert marker in crd_file.read_text()
+
+    def status_description() -> str:
+        crd = kube.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                                  "modeldeployments.modelpilot.dev")
+        assert crd is not None
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        return str(schema["properties"]["status"]["description"])
+
+    try:
+        out = subprocess.run([*helm, "upgrade", RELEASE, str(chart), "--namespace", installed, "--reuse-values",
+                              "--wait", "--timeout", "120s"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert status_description() == marker
+    finally:
+        out = subprocess.run([*helm, "upgrade", RELEASE, str(REPO / "charts" / "modelpilot"), "--namespace",
+                              installed, "--reuse-values", "--wait", "--timeout", "120s"],
+                             capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert status_description() != marker

@@ -24,6 +24,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "onnx": models.save_onnx(root / "onnx"),
         "flaky": models.save_flaky(root / "flaky"),
         "echo_params": models.save_echo_params(root / "echo_params"),
+        "warmup": models.save_warmup_probe(root / "warmup"),
     }
 
 

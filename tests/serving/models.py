@@ -103,3 +103,25 @@ def save_echo_params(path: Path) -> Path:
     mlflow.pyfunc.save_model(str(path), python_model=EchoParams(), pip_requirements=PYFUNC_REQUIREMENTS,
                              signature=infer_signature(x, np.array(["a", "b"]), params={"tag": "none"}))
     return path
+
+
+def save_warmup_probe(path: Path) -> Path:
+    """Records each predict call in the file named by WARMUP_MARKER and takes WARMUP_SECONDS for the first:
+    shows whether (and when) the server warmed the model on its input example."""
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    class WarmupProbe(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-defined]
+        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+            marker = Path(os.environ["WARMUP_MARKER"])
+            first = not marker.exists()
+            with marker.open("a") as f:
+                f.write(f"{time.time()} {len(model_input)}\n")
+            if first:
+                time.sleep(float(os.environ.get("WARMUP_SECONDS", "0")))
+            return (model_input["f0"] * 2).to_numpy()
+
+    x = training_frame(3)
+    mlflow.pyfunc.save_model(str(path), python_model=WarmupProbe(), pip_requirements=PYFUNC_REQUIREMENTS,
+                             signature=infer_signature(x, (x["f0"] * 2).to_numpy()), input_example=x.head(2))
+    return path

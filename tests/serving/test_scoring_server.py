@@ -308,6 +308,33 @@ def test_readiness_waits_for_the_model_and_liveness_does_not(start_server: Start
     server.wait("/v2/health/ready", timeout=60)
 
 
+def test_readiness_waits_for_the_warm_up_on_the_input_example(start_server: StartServer,
+                                                              model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """The model's first predict (on its input example, by the server itself) happens before the pod is
+    ready: no user request pays for a cold model."""
+    import time
+
+    marker = tmp_path / "predicts"
+    server = start_server(model_dirs["warmup"], env={"WARMUP_MARKER": str(marker), "WARMUP_SECONDS": "3"},
+                          wait=False)
+    server.wait("/v2/health/live", timeout=60)
+    saw_unready_while_warming = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready = requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
+        if ready:
+            break
+        saw_unready_while_warming |= marker.exists()
+        time.sleep(0.1)
+    else:
+        raise AssertionError("never ready")
+    ready_at = time.time()
+    calls = marker.read_text().splitlines()
+    assert len(calls) == 1 and calls[0].split()[1] == "2", "one warm-up predict, on the 2-row input example"
+    assert float(calls[0].split()[0]) < ready_at
+    assert saw_unready_while_warming, "readiness stayed 503 while the warm-up predict ran"
+
+
 def test_timeout_is_504(start_server: StartServer, model_dirs: dict[str, Path]) -> None:
     server = start_server(model_dirs["flaky"], "--request-timeout", "0.3")
     r = server.post("/invocations", json.dumps(split([[99, 0, 0, 0, 0]])))

@@ -1,0 +1,134 @@
+"""A progressive canary on real pods, judged on real routed traffic.
+
+Stable and canary run the scoring-server image on the real node; a client calls the Service's
+ClusterIP and kube-proxy spreads the requests over both tracks' pods (the replica router); Prometheus
+finds the pods through Kubernetes service discovery with exactly the selector `examples/podmonitor.yaml`
+promises (the operator's labels on the serving pods) and labels their series with `namespace`, as a
+PodMonitor would. A version that fails half its requests is rolled back; a good one is promoted.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from hack.controlplane import ControlPlane
+from hack.realnode import RealNode
+from hack.sample_model import register_faulty
+from hack.services import PrometheusServer
+from modelpilot.kube import Kube
+from tests.helpers import REPO, Operator, Registry, apply, mdep_manifest, wait_ready
+from tests.integration.test_canary import wait_canary
+from tests.node.test_real_node import service_url
+
+pytestmark = pytest.mark.cluster
+
+FEATURES = 4
+
+
+def podmonitor_job(kubeconfig: Path) -> dict[str, Any]:
+    """A kubernetes_sd pod job that selects what examples/podmonitor.yaml selects (read from the file)."""
+    monitor = yaml.safe_load((REPO / "examples" / "podmonitor.yaml").read_text())
+    labels = monitor["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+
+    def meta(label: str) -> str:
+        return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in label)
+
+    return {
+        "job_name": "podmonitor-modelpilot", "scrape_interval": "1s", "metrics_path": endpoint["path"],
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
+        "relabel_configs": [
+            *({"source_labels": [meta(k)], "regex": v, "action": "keep"} for k, v in labels.items()),
+            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": endpoint["port"],
+             "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def pod_prometheus(state_dir: Path, control_plane: ControlPlane, real_node: RealNode) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(state_dir, name="prometheus-pods",
+                              scrape_configs=[podmonitor_job(control_plane.kubeconfig_path)])
+    server.start()
+    yield server
+    server.stop()
+
+
+class Traffic:
+    """An application calling the Service: one random row per request, without pause."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.codes: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rng = random.Random(7)
+        while not self._stop.is_set():
+            row = [rng.gauss(0, 1) for _ in range(FEATURES)]
+            body = {"dataframe_split": {"columns": [f"f{i}" for i in range(FEATURES)], "data": [row]}}
+            try:
+                self.codes[requests.post(self.url + "/invocations", json=body, timeout=10).status_code] += 1
+            except requests.RequestException:
+                self.codes[0] += 1
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def test_a_canary_on_real_pods_is_rolled_back_or_promoted_on_real_metrics(
+        control_plane: ControlPlane, kube: Kube, node_operator: Operator, node_registry: Registry,
+        pod_prometheus: PrometheusServer, namespace: str, model_name: str) -> None:
+    v1 = node_registry.register(model_name, alias="champion", seed=0)
+    manifest = mdep_manifest(
+        "fraud", namespace, f"models:/{model_name}@champion", replicas=2, refreshInterval="2s",
+        traffic={"router": "replicas"},
+        canary={"steps": [{"weight": 50, "pause": "20s"}],
+                "analysis": {"prometheusUrl": pod_prometheus.url, "maxErrorRate": 0.05, "minRequests": 20,
+                             "window": "20s"}})
+    del manifest["spec"]["tolerations"]  # real pods, on the real node
+    apply(control_plane, manifest)
+    wait_ready(kube, namespace, "fraud", timeout=240, operator=node_operator, version=v1)
+
+    with Traffic(service_url(kube, namespace, "fraud")) as traffic:
+        bad = register_faulty(node_registry.url, model_name, alias="champion", fail_share=0.5, features=FEATURES)
+        obj = wait_canary(kube, namespace, "fraud", "the faulty version to be rolled back",
+                          lambda s: (s.get("lastRollout") or {}).get("version") == bad, node_operator, timeout=300)
+        status = obj["status"]
+        assert status["lastRollout"]["result"] == "RolledBack", status["lastRollout"]
+        assert status["rejected"]["version"] == bad and "errorRate" in status["rejected"]["reason"]
+        assert status["model"]["version"] == v1
+        # what the analysis judged came from the canary's real pods, found by Kubernetes discovery
+        failed = pod_prometheus.query(
+            f'sum by (pod) (modelpilot_requests_total{{namespace="{namespace}",version="{bad}",code="500"}})')
+        assert failed and all(s["metric"]["pod"].startswith("fraud-canary-") for s in failed), failed
+        assert traffic.codes[500] > 0, "the faulty version really failed requests routed to it"
+
+        good = node_registry.register(model_name, alias="champion", seed=3)
+        obj = wait_canary(kube, namespace, "fraud", "the good version to be promoted",
+                          lambda s: (s.get("lastRollout") or {}).get("version") == good
+                          and s["lastRollout"]["result"] == "Promoted", node_operator, timeout=300)
+        wait_ready(kube, namespace, "fraud", timeout=240, operator=node_operator, version=good)
+        served = pod_prometheus.query(
+            f'sum(modelpilot_requests_total{{namespace="{namespace}",version="{good}",code="200"}})')
+        assert served and float(served[0]["value"][1]) > 20
+    assert set(traffic.codes) <= {200, 500}, traffic.codes
