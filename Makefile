@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml serving-image/pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv with the operator and the dev/test dependencies
 
-binaries: ## build (or reuse) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm
+binaries: ## build (or reuse) etcd, kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl, kwok, helm, prometheus
 	bash hack/build-binaries.sh
 
 dev-up: venv system-packages ## start the local control plane, its real node and MLflow; writes $(STATE)/kubeconfig and $(STATE)/env
@@ -52,7 +52,7 @@ lint: venv ## ruff + mypy (strict)
 unit: venv ## fast tests only (no cluster, no registry)
 	$(VENV)/bin/pytest tests/unit -q
 
-system-packages: ## Debian packages the tests run for real (prometheus; containerd, runc, CNI, buildah, ... for the real node)
+system-packages: ## Debian packages the tests run for real (containerd, runc, CNI, buildah, ... for the real node)
 	bash hack/system-packages.sh --node
 
 images: venv system-packages ## build (or reuse) the real node's pause, scoring-server and operator images, without Docker

@@ -17,6 +17,9 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.21.4}
+# Prometheus 2.54.1 (its Go module is tagged v0.54.1). Debian's package is built without Kubernetes
+# service discovery; this one has it, so tests discover pods the way a production Prometheus does.
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.54.1}
 GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
 CACHE=${MODELPILOT_CACHE:-$HOME/.cache/modelpilot}
 # Which Kubernetes commands to build (kubelet and kube-proxy run the real node).
@@ -29,8 +32,9 @@ k8s_dir="$CACHE/bin/kubernetes-$K8S_VERSION"
 etcd_dir="$CACHE/bin/etcd-$ETCD_VERSION"
 kwok_dir="$CACHE/bin/kwok-$KWOK_VERSION"
 helm_dir="$CACHE/bin/helm-$HELM_VERSION"
+prom_dir="$CACHE/bin/prometheus-$PROMETHEUS_VERSION"
 out="$CACHE/bin/current"
-mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$out"
+mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$prom_dir" "$out"
 
 build_k8s() {
   local missing=()
@@ -83,6 +87,24 @@ build_etcd() {
   log "etcd built in $((SECONDS - start)) s"
 }
 
+build_prometheus() {
+  [ -x "$prom_dir/prometheus" ] && { log "prometheus $PROMETHEUS_VERSION: cached"; return; }
+  log "prometheus $PROMETHEUS_VERSION: building (a few minutes cold)"
+  local start=$SECONDS work src
+  work=$(mktemp -d)
+  src=$(cd "$work" && go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  {
+    printf 'module modelpilot.dev/prometheusbuild\n\ngo 1.26\n\nrequire github.com/prometheus/prometheus %s\n\n' "$PROMETHEUS_VERSION"
+    # its go.mod replaces klog; a wrapper module must repeat the replace block to build it
+    sed -n '/^replace (/,/^)/p' "$src/go.mod"
+  } > "$work/go.mod"
+  (cd "$work" && go get "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" >&2 \
+     && go build -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=2.${PROMETHEUS_VERSION#v0.}" \
+          -o "$prom_dir/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+  rm -rf "$work"
+  log "prometheus built in $((SECONDS - start)) s"
+}
+
 build_go_install() {  # dir, package@version, binary
   [ -x "$1/$3" ] && { log "$3: cached"; return; }
   log "$3: building $2"
@@ -95,6 +117,7 @@ build_etcd
 build_go_install "$kwok_dir" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" kwok
 build_go_install "$helm_dir" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm
 build_k8s
+build_prometheus
 
 # kwok ships no built-in stages: take the upstream ones (node initialise + heartbeat, the general pod
 # lifecycle) from the same module version, so pods go Running/Ready the way kwokctl's defaults do.
@@ -117,7 +140,8 @@ fi
 ln -sfn "$gw_dir" "$out/gateway-api-crds"
 
 # One directory with stable names for PATH.
-for f in "$k8s_dir"/* "$etcd_dir/etcd" "$kwok_dir/kwok" "$kwok_dir/stages.yaml" "$helm_dir/helm"; do
+for f in "$k8s_dir"/* "$etcd_dir/etcd" "$kwok_dir/kwok" "$kwok_dir/stages.yaml" "$helm_dir/helm" \
+         "$prom_dir/prometheus"; do
   ln -sfn "$f" "$out/$(basename "$f")"
 done
 echo "$out"

@@ -118,6 +118,8 @@ class ControlPlane:
             *_reachability(p["apiserver"]),
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -207,4 +209,6 @@ def _reachability(port: int) -> list[str]:
         return ["--bind-address=127.0.0.1", f"--secure-port={port}", "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none"]
     return ["--bind-address=0.0.0.0", f"--secure-port={port}", f"--advertise-address={ips[0]}",
-            "--endpoint-reconciler-type=lease"]
+            "--endpoint-reconciler-type=lease",
+            # `kubectl logs`/`exec` reach the kubelet by the node's address (its name is in no DNS)
+            "--kubelet-preferred-address-types=InternalIP,Hostname"]

@@ -51,6 +51,8 @@ def make_pki(pki: Path) -> None:
     from cryptography.x509.oid import NameOID
 
     if (pki / "admin.crt").exists():
+        if not (pki / "kubelet-client.crt").exists():  # a state directory from before this certificate
+            issue_certificate(pki, "kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
         return
     pki.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -74,6 +76,8 @@ def make_pki(pki: Path) -> None:
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.96.0.1", *host_ips())]
     issue_certificate(pki, "apiserver", "kube-apiserver", server=True, sans=sans)
     issue_certificate(pki, "admin", "modelpilot-dev-admin", "system:masters")
+    # how the API server proves itself to the kubelet (`kubectl logs`, `exec`)
+    issue_certificate(pki, "kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(pki / "sa.key", sa)
     (pki / "sa.pub").write_bytes(sa.public_key().public_bytes(

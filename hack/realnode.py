@@ -179,7 +179,8 @@ state = "{self.dir / 'containerd-state'}"
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
                                "x509": {"clientCAFile": str(pki / "ca.crt")}},
             "authorization": {"mode": "AlwaysAllow"},
-            "address": "127.0.0.1", "port": free_port(), "readOnlyPort": 0, "healthzPort": 0,
+            # on the node address: the API server reaches it there for `kubectl logs` and `exec`
+            "address": BRIDGE_IP, "port": free_port(), "readOnlyPort": 0, "healthzPort": 0,
             "containerRuntimeEndpoint": f"unix://{self.sock}",
             # This machine has cgroup v1 and no systemd: cgroupfs, no per-QoS hierarchy.
             "cgroupDriver": "cgroupfs", "failCgroupV1": False, "cgroupsPerQOS": False,

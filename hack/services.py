@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from hack.layout import Layout
-from hack.proc import REPO, Processes, free_port, http_answers, log, wait_for
+from hack.proc import Processes, free_port, http_answers, log, wait_for
 
 
 class MlflowServer:
@@ -77,7 +75,8 @@ class MlflowServer:
 
 
 class PrometheusServer:
-    """Debian's `prometheus`, scraping whatever targets are listed in files under `targets/` (file_sd).
+    """Prometheus (built from source, see hack/build-binaries.sh), scraping the targets listed in files under
+    `targets/` (file_sd) and any extra jobs given (e.g. Kubernetes pod discovery).
 
     Scoring servers are added with `add_target`; Prometheus picks new files up within a second, and
     scrapes every second so a canary analysis over a few seconds has samples.
@@ -104,10 +103,11 @@ class PrometheusServer:
     def start(self) -> None:
         if self.healthy():
             return
-        binary = shutil.which("prometheus")
-        if binary is None:
-            subprocess.run(["bash", str(REPO / "hack" / "system-packages.sh")], check=True)
-            binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        # Prometheus built from source by hack/build-binaries.sh (with Kubernetes service discovery,
+        # which Debian's package lacks)
+        from hack.controlplane import ensure_binaries
+
+        binary = str(ensure_binaries() / "prometheus")
         self.targets.mkdir(parents=True, exist_ok=True)
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},

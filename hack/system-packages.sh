@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the test suite runs for real, installed only when missing (a warm run costs one
 # `command -v` per tool):
-#   always:  prometheus (canary analysis queries a real server)
 #   --node:  containerd, runc, CNI plugins, buildah, debootstrap, iptables, conntrack (the real node)
+# (Prometheus is built from source by hack/build-binaries.sh: Debian's lacks Kubernetes discovery.)
 set -euo pipefail
 need=()
-command -v prometheus >/dev/null || need+=(prometheus)
 if [ "${1:-}" = "--node" ]; then
   command -v containerd >/dev/null || need+=(containerd)
   command -v runc >/dev/null || need+=(runc)
@@ -21,5 +20,5 @@ echo "[system-packages] installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update -q >&2
-# --no-install-recommends: Prometheus' recommends pull in exporters we do not start.
+# --no-install-recommends: only what the tools need.
 $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >&2

@@ -59,7 +59,7 @@ def model_name() -> str:
 
 @pytest.fixture(scope="session")
 def prometheus(state_dir: Path) -> Iterator[PrometheusServer]:
-    """Debian's Prometheus (installed by hack/system-packages.sh when missing), scraping every second."""
+    """Prometheus (built from source by hack/build-binaries.sh), scraping every second."""
     server = PrometheusServer(state_dir)
     server.start()
     yield server

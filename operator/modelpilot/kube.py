@@ -88,7 +88,9 @@ class Kube:
         token = self.cfg.get_api_key_with_prefix("BearerToken") or self.cfg.get_api_key_with_prefix(
             "authorization")
         if token:
-            headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
+            # the in-cluster loader stores "bearer <token>" (lower case): never prefix it twice
+            scheme, _, rest = token.partition(" ")
+            headers["Authorization"] = f"Bearer {rest}" if scheme.lower() == "bearer" and rest else f"Bearer {token}"
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         # verify is passed per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
         verify = (self.cfg.ssl_ca_cert or True) if self.cfg.verify_ssl else False

@@ -111,10 +111,6 @@ class Outbound:
             with self._lock:
                 self._inflight.pop(key, None)
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._inflight)
-
 
 def wait(future: concurrent.futures.Future[T], seconds: float) -> bool:
     """Whether `future` finished within `seconds` (its exception, if any, is left in it)."""

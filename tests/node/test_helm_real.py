@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from hack.controlplane import ControlPlane
 from hack.images import OPERATOR, build_image
-from hack.proc import REPO
+from hack.proc import REPO, wait_for
 from hack.realnode import NODE_NAME, RealNode
 from modelpilot.kube import Kube
 from tests.helpers import MDEP, Operator, Registry, apply, mdep_manifest, wait_ready
@@ -48,6 +49,13 @@ def helm(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
     assert cp.bin is not None
     return subprocess.run([str(cp.bin / "helm"), "--kubeconfig", str(cp.kubeconfig_path), *args],
                           capture_output=True, text=True)
+
+
+def _answer(url: str, data: Any) -> list[Any] | None:
+    try:
+        return invoke(url, data)
+    except requests.RequestException:
+        return None
 
 
 def operator_pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
@@ -94,8 +102,15 @@ def test_the_helm_installed_operator_serves_a_model(
         del elsewhere["spec"]["tolerations"]
         apply(control_plane, elsewhere)
 
-        wait_ready(kube, team, "fraud", timeout=240, version=v1)
-        assert invoke(service_url(kube, team, "fraud"), data) == expected, "a prediction through the Service"
+        try:
+            wait_ready(kube, team, "fraud", timeout=240, version=v1)
+        except AssertionError as exc:
+            logs = control_plane.kubectl("logs", "-n", release_ns, pod["metadata"]["name"], check=False)
+            raise AssertionError(f"{exc}\noperator logs:\n{logs.stdout[-4000:]}{logs.stderr}") from None
+        url = service_url(kube, team, "fraud")
+        # Ready pods are in the Service's endpoints a moment later (EndpointSlice → kube-proxy's rules)
+        answer = wait_for(lambda: _answer(url, data), 30, f"an answer from {url}")
+        assert answer == expected, "a prediction through the Service equals the registered version's"
         if mode == "namespaced":
             obj = kube.get(*MDEP, other, "fraud")
             assert obj is not None and not obj.get("status"), "outside watch.namespaces nothing is touched"
@@ -104,6 +119,8 @@ def test_the_helm_installed_operator_serves_a_model(
             wait_ready(kube, other, "fraud", timeout=240, version=v1)
         logs = control_plane.kubectl("logs", "-n", release_ns, pod["metadata"]["name"]).stdout
         assert "modelpilot operator started" in logs and "Traceback" not in logs, logs[-3000:]
+        (pod,) = operator_pods(kube, release_ns)
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0, "it never crashed"
     finally:
         for ns in (team, other):
             control_plane.kubectl("delete", "mdep", "--all", "-n", ns, "--wait=true", "--timeout=60s", check=False)
