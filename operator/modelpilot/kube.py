@@ -18,6 +18,8 @@ import requests
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
+from .metrics import API_REQUESTS
+
 log = logging.getLogger(__name__)
 
 #: apiVersion/kind → URL segment, for the kinds the operator touches.
@@ -94,6 +96,7 @@ class Kube:
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         # verify is passed per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
         verify = (self.cfg.ssl_ca_cert or True) if self.cfg.verify_ssl else False
+        API_REQUESTS.labels(verb=method).inc()
         resp = self._session().request(method, self.cfg.host.rstrip("/") + path, data=data, verify=verify,
                                        headers=headers, params=params, timeout=self.timeout)
         if method == "GET" and resp.status_code == 404:

@@ -278,6 +278,9 @@ def test_operator_restart_does_not_write_converged_children(
     after = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
              for api, kind in everything}
     assert after == before, "a restart must not write to converged objects"
+    writes = {verb: operator.metric("modelpilot_api_requests_total", verb=verb) for verb in ("PATCH", "POST", "DELETE")}
+    assert writes == {"PATCH": 0, "POST": 0, "DELETE": 0}, f"not even a no-op apply: {writes}"
+    assert operator.metric("modelpilot_api_requests_total", verb="GET") > 0, "while it did read"
     other = [line for line in operator.logs_since(offset).splitlines()
              if f"{namespace}/m" in line and f"Reconciled {namespace}/m " not in line]
     assert other == [], "no event, no warning, no failed reconcile"
