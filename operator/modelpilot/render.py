@@ -46,6 +46,7 @@ def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> l
         {"name": "MODELPILOT_WORKERS", "value": str(spec.runtime.workers)},
         {"name": "MODELPILOT_MAX_BATCH_SIZE", "value": str(spec.runtime.batching.max_batch_size)},
         {"name": "MODELPILOT_MAX_BATCH_DELAY_MS", "value": f"{spec.runtime.batching.max_delay_ms:g}"},
+        {"name": "MODELPILOT_BATCHING_MODE", "value": spec.runtime.batching.mode},
         {"name": "MODELPILOT_MODEL_NAME", "value": resolved.name},
         {"name": "MODELPILOT_MODEL_VERSION", "value": resolved.version},
         # The root filesystem is read-only: downloads, caches and MLflow's home go to the /tmp emptyDir.

@@ -31,10 +31,15 @@ class InvalidSpec(ValueError):
     """The spec cannot be acted upon; the message names the field."""
 
 
+BATCHING_MODES = ("auto", "always", "off")
+
+
 @dataclass(frozen=True)
 class Batching:
     max_batch_size: int = 1024
     max_delay_ms: float = 5.0
+    #: auto: merge requests only for models known to predict row by row; always; off.
+    mode: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
             max_batch_size=_int(batching_raw.get("maxBatchSize"), "spec.runtime.batching.maxBatchSize",
                                 Batching.max_batch_size, minimum=1),
             max_delay_ms=Batching.max_delay_ms if delay is None else delay,
+            mode=_choice(batching_raw.get("mode"), "spec.runtime.batching.mode", BATCHING_MODES, "auto"),
         ),
         env=tuple(env),
     )
@@ -213,6 +219,14 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         canary=canary,
         traffic=traffic,
     )
+
+
+def _choice(value: Any, path: str, choices: tuple[str, ...], default: str) -> str:
+    if value in (None, ""):
+        return default
+    if value not in choices:
+        raise InvalidSpec(f"{path} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _number(value: Any, path: str, minimum: float = 0.0) -> float | None:

@@ -87,7 +87,9 @@ class ScoringApp:
         loop.call_soon_threadsafe(self._loaded, model)
 
     def _loaded(self, model: LoadedModel) -> None:
-        runner = Runner(model)
+        runner = Runner(model, self.settings.batching_mode)
+        model.batching = "merged" if runner.can_merge else "per-request"
+        log.info("Batching: %s (%s)", model.batching, runner.merge_reason)
         self.batcher = Batcher(runner.run_batch, self.settings.max_batch_size if runner.can_merge else 1,
                                self.settings.max_batch_delay_ms / 1000.0, on_batch=self._batch_size.observe)
         self.batcher.start()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol
+from .batching_policy import may_merge
 from .errors import BadRequest, ServingError, from_mlflow
 from .fastparse import build_frame, numeric_layout
 from .loader import LoadedModel
@@ -45,14 +46,17 @@ class Result:
 class Runner:
     """Runs decoded requests through the model, the way `mlflow models serve` would. Synchronous."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, mode: str = "auto") -> None:
         self.model = model
         self.layout = numeric_layout(model.input_schema)
         meta = model.pyfunc.metadata
         hinted = getattr(meta, "_is_signature_from_type_hint", lambda: False)()
+        allowed, self.merge_reason = may_merge(mode, model.flavors, getattr(meta, "metadata", None))
+        if hinted:
+            allowed, self.merge_reason = False, "the signature comes from type hints (inputs are passed raw)"
         #: Models whose signature comes from type hints get their `inputs` raw (no DataFrame parsing),
-        #: exactly as MLflow does; merging rows is only done for parsed inputs.
-        self.can_merge = not hinted
+        #: exactly as MLflow does; merging rows is only done for parsed inputs of row-independent models.
+        self.can_merge = allowed
 
     def _parse_standard(self, doc: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         """Data and params of a document in one of the four standard formats."""

@@ -39,6 +39,8 @@ class LoadedModel:
     load_seconds: float
     accepts_params: bool
     dependency_warnings: list[str] = field(default_factory=list)
+    #: "merged" (rows of different requests share predict calls) or "per-request"; set by the server.
+    batching: str = "per-request"
     providers: list[str] = field(default_factory=list)
 
     def predict(self, data: Any, params: dict[str, Any] | None) -> Any:

@@ -18,6 +18,7 @@ class ServeSettings:
     workers: int = 1
     max_batch_size: int = 1024
     max_batch_delay_ms: float = 5.0
+    batching_mode: str = "auto"
     max_body_bytes: int = 10 * 1024 * 1024
     request_timeout: float = 60.0
     model_name: str = ""
@@ -67,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
                    help="most rows merged into one predict call; 1 disables batching [MODELPILOT_MAX_BATCH_SIZE]")
     p.add_argument("--max-batch-delay-ms", type=float, default=_default("max_batch_delay_ms"),
                    help="longest wait for batch-mates already being received [MODELPILOT_MAX_BATCH_DELAY_MS]")
+    p.add_argument("--batching-mode", default=_default("batching_mode"), choices=["auto", "always", "off"],
+                   help="merge rows of different requests: auto = only for models known to predict row by row "
+                        "(scikit-learn, XGBoost, LightGBM, CatBoost, ONNX, or declared in the model's metadata); "
+                        "always; off [MODELPILOT_BATCHING_MODE]")
     p.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"),
                    help="larger request bodies get 413 [MODELPILOT_MAX_BODY_BYTES]")
     p.add_argument("--request-timeout", type=float, default=_default("request_timeout"),

@@ -122,6 +122,7 @@ def metadata(model: LoadedModel, name: str, version: str) -> dict[str, Any]:
             "flavors": model.flavors,
             "load_seconds": round(model.load_seconds, 3),
             "dependency_warnings": model.dependency_warnings,
+            "batching": model.batching,
             "onnxruntime_providers": model.providers,
         },
     }

@@ -25,6 +25,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "flaky": models.save_flaky(root / "flaky"),
         "echo_params": models.save_echo_params(root / "echo_params"),
         "warmup": models.save_warmup_probe(root / "warmup"),
+        "centered": models.save_centered(root / "centered"),
+        "centered_declared": models.save_centered(root / "centered_declared", declare=True),
     }
 
 

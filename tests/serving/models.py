@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+#: What a custom pyfunc whose predict is row by row declares, so the scoring server may merge requests.
+ROW_INDEPENDENT = {"modelpilot.row_independent": True}
+
 COLUMNS = [f"f{i}" for i in range(5)]
 #: Explicit requirements: MLflow would otherwise infer them by loading the model in a subprocess.
 PYFUNC_REQUIREMENTS = ["mlflow", "pandas", "numpy"]
@@ -46,7 +49,8 @@ def save_sklearn_proba(path: Path) -> Path:
 
     x = training_frame(10)
     mlflow.pyfunc.save_model(str(path), python_model=Proba(), pip_requirements=PYFUNC_REQUIREMENTS,
-                             signature=infer_signature(x, Proba().predict(None, x)), input_example=x.head(2))
+                             signature=infer_signature(x, Proba().predict(None, x)), input_example=x.head(2),
+                             metadata=ROW_INDEPENDENT)
     return path
 
 
@@ -85,7 +89,7 @@ def save_flaky(path: Path) -> Path:
 
     x = training_frame(5)
     mlflow.pyfunc.save_model(str(path), python_model=FlakyModel(), pip_requirements=PYFUNC_REQUIREMENTS,
-                             signature=infer_signature(x, (x["f0"] * 10).to_numpy()))
+                             signature=infer_signature(x, (x["f0"] * 10).to_numpy()), metadata=ROW_INDEPENDENT)
     return path
 
 
@@ -101,7 +105,8 @@ def save_echo_params(path: Path) -> Path:
 
     x = pd.DataFrame({"x": [1.0, 2.0]})
     mlflow.pyfunc.save_model(str(path), python_model=EchoParams(), pip_requirements=PYFUNC_REQUIREMENTS,
-                             signature=infer_signature(x, np.array(["a", "b"]), params={"tag": "none"}))
+                             signature=infer_signature(x, np.array(["a", "b"]), params={"tag": "none"}),
+                             metadata=ROW_INDEPENDENT)
     return path
 
 
@@ -124,4 +129,21 @@ def save_warmup_probe(path: Path) -> Path:
     x = training_frame(3)
     mlflow.pyfunc.save_model(str(path), python_model=WarmupProbe(), pip_requirements=PYFUNC_REQUIREMENTS,
                              signature=infer_signature(x, (x["f0"] * 2).to_numpy()), input_example=x.head(2))
+    return path
+
+
+def save_centered(path: Path, declare: bool = False) -> Path:
+    """NOT row-independent: answers x0 - mean(x0) over the rows of the call. Merging requests changes answers."""
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    class Centered(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-defined]
+        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+            x0 = model_input["x0"].to_numpy(dtype=float)
+            return x0 - x0.mean()
+
+    x = pd.DataFrame({"x0": [1.0, 2.0, 4.0]})
+    mlflow.pyfunc.save_model(str(path), python_model=Centered(), pip_requirements=PYFUNC_REQUIREMENTS,
+                             signature=infer_signature(x, np.array([0.0, 1.0, 2.0])),
+                             metadata=ROW_INDEPENDENT if declare else None)
     return path

@@ -387,3 +387,53 @@ def test_serves_a_registry_version(start_server: StartServer, registry: Any, mod
     payload = {"dataframe_split": {"columns": ["f0", "f1", "f2", "f3"], "data": [[0.1, 0.2, 0.3, 0.4]]}}
     r = server.post("/invocations", json.dumps(payload))
     assert r.status_code == 200 and r.json()["predictions"][0] in (0, 1)
+
+
+# -- merging only what cannot change an answer ---------------------------------------------------------------
+def _centered_answers(server: Server) -> tuple[dict[int, Any], dict[int, Any]]:
+    """(answers alone, answers under 32 concurrent clients) of 2-row requests to the x0 - mean(x0) model."""
+    def body(i: int) -> str:
+        return json.dumps({"dataframe_split": {"columns": ["x0"], "data": [[float(i)], [float(i + 10)]]}})
+
+    alone = {i: server.post("/invocations", body(i)).json() for i in range(32)}
+    with ThreadPoolExecutor(32) as pool:
+        together = dict(pool.map(lambda i: (i, server.post("/invocations", body(i)).json()), range(32)))
+    return alone, together
+
+
+def test_a_model_that_is_not_row_independent_is_never_merged_by_default(start_server: StartServer,
+                                                                          model_dirs: dict[str, Path]) -> None:
+    server = start_server(model_dirs["centered"], "--max-batch-delay-ms", "20")
+    alone, together = _centered_answers(server)
+    assert all(a == {"predictions": [-5.0, 5.0]} for a in alone.values())
+    assert together == alone, "answers must not depend on who else was calling"
+    assert _calls(server) == _bucket(server, "2.0"), "no predict call held rows of two requests"
+    info = requests.get(server.url + "/v2/models/centered", timeout=5).json()
+    assert info["parameters"]["batching"] == "per-request"
+
+
+def test_merging_is_what_changes_such_answers(start_server: StartServer, model_dirs: dict[str, Path]) -> None:
+    """--batching-mode always (the operator's spec.runtime.batching.mode: always) merges anyway: the answers
+    move, which is why `auto` does not do it for an undeclared custom pyfunc."""
+    server = start_server(model_dirs["centered"], "--batching-mode", "always", "--max-batch-delay-ms", "20")
+    for _attempt in range(5):
+        alone, together = _centered_answers(server)
+        if together != alone:
+            break
+    else:
+        raise AssertionError("32 concurrent clients never shared a predict call")
+    assert _calls(server) > _bucket(server, "2.0")
+
+
+def test_a_model_that_declares_row_independence_is_merged(start_server: StartServer,
+                                                          model_dirs: dict[str, Path]) -> None:
+    server = start_server(model_dirs["centered_declared"], "--max-batch-delay-ms", "20")
+    _centered_answers(server)
+    assert _calls(server) > _bucket(server, "2.0"), "the declaration lets requests share predict calls"
+    info = requests.get(server.url + "/v2/models/centered_declared", timeout=5).json()
+    assert info["parameters"]["batching"] == "merged"
+
+
+def test_built_in_row_wise_flavors_are_merged(sklearn_server: Server) -> None:
+    info = requests.get(sklearn_server.url + "/v2/models/rf", timeout=5).json()
+    assert info["parameters"]["batching"] == "merged"

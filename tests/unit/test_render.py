@@ -117,12 +117,14 @@ def test_env_names_are_the_ones_modelpilot_serve_reads() -> None:
 
 
 def test_runtime_settings_reach_the_server() -> None:
-    dep = build({**BASE, "runtime": {"workers": 3, "batching": {"maxBatchSize": 64, "maxDelayMs": 2.5},
+    assert env(build(BASE))["MODELPILOT_BATCHING_MODE"] == "auto"
+    dep = build({**BASE, "runtime": {"workers": 3, "batching": {"maxBatchSize": 64, "maxDelayMs": 2.5,
+                                                                 "mode": "off"},
                                      "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
                                              {"name": "MODELPILOT_MODEL_URI", "value": "evil"}]}})
     e = env(dep)
-    assert (e["MODELPILOT_WORKERS"], e["MODELPILOT_MAX_BATCH_SIZE"], e["MODELPILOT_MAX_BATCH_DELAY_MS"]) == (
-        "3", "64", "2.5")
+    assert (e["MODELPILOT_WORKERS"], e["MODELPILOT_MAX_BATCH_SIZE"], e["MODELPILOT_MAX_BATCH_DELAY_MS"],
+            e["MODELPILOT_BATCHING_MODE"]) == ("3", "64", "2.5", "off")
     assert e["OMP_NUM_THREADS"] == "1"
     assert e["MODELPILOT_MODEL_URI"] == "models:/fraud-detector/7", "user env cannot override the pin"
 
