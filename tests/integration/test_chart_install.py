@@ -168,10 +168,10 @@ def test_helm_upgrade_upgrades_the_crd(installed: str, control_plane: ControlPla
         out = subprocess.run([*helm, "upgrade", RELEASE, str(chart), "--namespace", installed, "--reuse-values",
                               "--wait", "--timeout", "120s"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        assert status_description() == marker
+        assert status_description().startswith(marker)
     finally:
         out = subprocess.run([*helm, "upgrade", RELEASE, str(REPO / "charts" / "modelpilot"), "--namespace",
                               installed, "--reuse-values", "--wait", "--timeout", "120s"],
                              capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert status_description() != marker
+    assert marker not in status_description()
