@@ -186,8 +186,8 @@ def test_registry_outage_leaves_children_untouched_and_recovers(
     # several retries with the registry down (proven by the operator's own log), then: one warning
     # only, and the children untouched
     offset = operator.log_size()
-    operator.wait_reconciles(namespace, "m", 3, offset)
-    assert operator.logs_since(offset).count(f"for {namespace}/m failed (RegistryUnreachable)") >= 3
+    retried = f"for {namespace}/m failed (RegistryUnreachable)"  # one line per failed resolution
+    wait_for(lambda: operator.logs_since(offset).count(retried) >= 3, 60, f"three retries\n{operator.logs()}")
     warnings = [e for e in events_for(kube, namespace, "m") if e["type"] == "Warning"]
     assert [e["reason"] for e in warnings] == ["RegistryUnreachable"], "one warning, not one per retry"
     after = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
