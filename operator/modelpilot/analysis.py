@@ -201,7 +201,7 @@ class Analyses:
             def answered(done: concurrent.futures.Future[Any]) -> None:
                 self.on_answer(key)
 
-            future = self.outbound.submit(("analysis", key, candidate.version, previous.step, wall),
+            future = self.outbound.submit(("analysis", key),
                                           analysis.prometheus.origin, self.settings.prometheus_timeout_seconds,
                                           call, answered)
             with self._lock:

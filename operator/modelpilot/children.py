@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .desired import Desired
@@ -36,7 +36,6 @@ class Applied:
     conflicts: tuple[str, ...] = ()
     #: The first write the API server refused: (kind name, its message); later writes were not tried.
     failure: tuple[str, str] | None = None
-    writes: int = field(default=0)
 
 
 def contains(live: Any, wanted: Any) -> bool:
@@ -70,7 +69,6 @@ def apply_children(writer: Writer, world: World, desired: Desired, field_manager
     if in_the_way:
         return Applied(objects, tuple(describe(k) for k in in_the_way))
     namespace = world.owner.namespace
-    writes = 0
     for key, unstamped in desired.objects.items():
         wanted = stamped(unstamped)
         live = objects.get(key)
@@ -82,14 +80,12 @@ def apply_children(writer: Writer, world: World, desired: Desired, field_manager
             if exc.status in (401, 429) or exc.status >= 500:
                 raise  # the API server's own trouble: retried with backoff, nothing to tell the tenant
             log.warning("Applying %s in %s failed: %s", describe(key), namespace, exc.message)
-            return Applied(objects, failure=(describe(key), exc.message), writes=writes)
-        writes += 1
+            return Applied(objects, failure=(describe(key), exc.message))
         log.info("%s %s/%s", "Updated" if live is not None else "Created", namespace, f"{key[1]} {key[2]}")
     for key in desired.unwanted:
         if world.owned(key) is None:
             continue  # absent, or someone else's: not ours to delete
         writer.delete(key[0], key[1], namespace, key[2])
         objects[key] = None
-        writes += 1
         log.info("Deleted %s/%s", namespace, describe(key))
-    return Applied(objects, writes=writes)
+    return Applied(objects)

@@ -14,7 +14,7 @@ from .canary import Observed, Verdict
 from .canary import Plan as CanaryPlan
 from .canary import plan as canary_plan
 from .canary_state import PAUSED, STARTING, CanaryState
-from .names import CANARY, pinned_version, template_uri
+from .names import CANARY, template_uri
 from .observe import Rollout, World, deployment_key
 from .registry import ResolvedModel
 from .spec import DeploymentSpec
@@ -69,7 +69,7 @@ def choose_router(spec: DeploymentSpec, gateway_api: bool) -> tuple[str, str | N
 def decide(spec: DeploymentSpec, world: World, resolved: Resolved, state: CanaryState | None,
            rejected: dict[str, Any], annotations: dict[str, str], verdict: Verdict | None, wall: float) -> Decision:
     router, router_problem = choose_router(spec, world.gateway_api)
-    stable_dep = world.owned(deployment_key(world.owner))
+    stable_rollout = Rollout.from_deployment(world.owned(deployment_key(world.owner)))
     canary_dep = world.owned(deployment_key(world.owner, CANARY))
     canary_rollout = Rollout.from_deployment(canary_dep)
     candidate = resolved.candidate
@@ -82,8 +82,8 @@ def decide(spec: DeploymentSpec, world: World, resolved: Resolved, state: Canary
         canary_ready=(candidate is not None and canary_rollout.complete
                       and template_uri(canary_dep) == candidate.pinned),
         canary_failure=canary_rollout.failure,
-        stable_version=pinned_version(template_uri(stable_dep)),
-        stable_complete=Rollout.from_deployment(stable_dep).complete,
+        stable_version=stable_rollout.template_version,
+        stable_complete=stable_rollout.complete,
         annotations=annotations,
         router_problem=router_problem,
     ), wall, verdict)

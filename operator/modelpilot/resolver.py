@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 SecretReader = Callable[[str, str], dict[str, str] | None]
+Identity = tuple[str, str, str | None]
 
 
 class CredentialsInvalid(RegistryError):
@@ -45,8 +46,8 @@ class CredentialsInvalid(RegistryError):
 class Resolution:
     """What the operator last learned from the registry for one URI of one ModelDeployment."""
 
-    #: (model URI, tracking URL, Secret name, digest of the credentials): a change forces a new answer.
-    identity: tuple[str, str, str | None, str]
+    #: (model URI, tracking URL, Secret name): a change forces a new answer.
+    identity: Identity
     resolved: ResolvedModel | None
     problem: Problem | None
     #: monotonic time at which the next resolution is due.
@@ -96,23 +97,27 @@ class Resolver:
         return creds
 
     def lookup(self, key: Key, track: str, spec: DeploymentSpec, uri: str, ref: ModelRef) -> Resolution:
-        """The cached answer while it is fresh; else ask (at most once per interval), briefly waiting."""
+        """The cached answer while it is fresh; else ask (at most once per interval), briefly waiting.
+
+        The credentials Secret is read only when the registry is asked: a fresh answer costs no API call.
+        """
         entry_key = (*key, track)
         now = self.clock()
-        try:
-            creds = self.credentials(key[0], spec)
-        except RegistryError as exc:
-            identity = (uri, spec.tracking_uri, spec.credentials_secret, "")
-            return self._record(entry_key, identity, None, exc, spec, now)
-        identity = (uri, spec.tracking_uri, spec.credentials_secret, _digest(creds))
+        identity = (uri, spec.tracking_uri, spec.credentials_secret)
         with self._lock:
             entry = self._entries.get(entry_key)
         if entry is not None and entry.resolution.identity != identity:
             entry = None
         if entry is not None and entry.future is None and now < entry.resolution.next_at:
             return entry.resolution
-        future = entry.future if entry is not None and entry.future is not None else self._ask(
-            key, entry_key, identity, spec, ref, creds)
+        if entry is not None and entry.future is not None:
+            future = entry.future
+        else:
+            try:
+                creds = self.credentials(key[0], spec)
+            except RegistryError as exc:
+                return self._record(entry_key, identity, None, exc, spec, now)
+            future = self._ask(key, entry_key, identity, spec, ref, creds)
         if not wait(future, self.settings.outbound_wait_seconds):
             previous = entry.resolution if entry is not None else Resolution(identity, None, None, now)
             pending = replace(previous, pending=True, next_at=now + self.settings.registry_timeout_seconds)
@@ -128,8 +133,8 @@ class Resolver:
             error = RegistryUnreachable(f"resolving failed unexpectedly ({type(error).__name__})")
         return self._record(entry_key, identity, None if error else future.result(), error, spec, now)
 
-    def _ask(self, key: Key, entry_key: tuple[str, str, str], identity: tuple[str, str, str | None, str],
-             spec: DeploymentSpec, ref: ModelRef, creds: Credentials | None) -> concurrent.futures.Future[Any]:
+    def _ask(self, key: Key, entry_key: tuple[str, str, str], identity: Identity, spec: DeploymentSpec,
+             ref: ModelRef, creds: Credentials | None) -> concurrent.futures.Future[Any]:
         tracking = spec.tracking
 
         async def call(session: aiohttp.ClientSession) -> ResolvedModel:
@@ -141,10 +146,12 @@ class Resolver:
             if entry is not None and entry.future is future:
                 self.on_answer(key)
 
-        flight = ("registry", identity)
+        # identical questions in flight share one call; never across credentials (an answer is only for
+        # whoever could have asked for it)
+        flight = ("registry", identity, _digest(creds))
         return self.outbound.submit(flight, tracking.origin, self.settings.registry_timeout_seconds, call, answered)
 
-    def _record(self, entry_key: tuple[str, str, str], identity: tuple[str, str, str | None, str],
+    def _record(self, entry_key: tuple[str, str, str], identity: Identity,
                 resolved: ResolvedModel | None, error: BaseException | None, spec: DeploymentSpec,
                 now: float) -> Resolution:
         with self._lock:

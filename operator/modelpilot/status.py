@@ -11,11 +11,11 @@ one reconcile observed and decided; the reconcile writes the result once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .children import Applied
-from .names import LABEL_DEPLOYMENT, LABEL_TRACK, STABLE, Owner
+from .names import Owner, selector_labels
 from .observe import Problem, Rollout, deployment_key
 from .plan import Decision
 from .registry import ResolvedModel
@@ -78,7 +78,6 @@ class Facts:
     canary_problem: Problem | None = None
     decision: Decision | None = None
     applied: Applied | None = None
-    events: tuple[Event, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def build_status(f: Facts) -> Report:
         "replicas": rollout.replicas,
         "readyReplicas": rollout.ready,
         "updatedReplicas": rollout.updated,
-        "selector": f"{LABEL_DEPLOYMENT}={f.owner.name},{LABEL_TRACK}={STABLE}",
+        "selector": ",".join(f"{k}={v}" for k, v in selector_labels(f.owner).items()),
         "url": f.url,
     }
     events: list[Event] = []

@@ -11,6 +11,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from .names import pinned_uri
+
 SCHEME = "models:/"
 
 #: Stage names MLflow knows (case-insensitive, as in mlflow's own resolver).
@@ -53,7 +55,7 @@ class ModelRef:
 
     def pinned(self, version: str) -> str:
         """The immutable URI of one resolved version, as the serving pod receives it."""
-        return f"{SCHEME}{self.name}/{version}"
+        return pinned_uri(self.name, version)
 
     def __str__(self) -> str:
         if self.kind is RefKind.ALIAS:
