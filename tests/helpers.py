@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,6 +199,58 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
         if cond["type"] == type_:
             return dict(cond)
     return {}
+
+
+def get_mdep(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    obj = kube.get(*MDEP, namespace, name)
+    assert obj is not None
+    return obj
+
+
+def wait_reason(kube: Kube, namespace: str, name: str, type_: str, reason: str, timeout: float = 30,
+                ) -> dict[str, Any]:
+    """Wait until condition `type_` has `reason`; return the object."""
+    return dict(wait_for(lambda: (o := kube.get(*MDEP, namespace, name)) and condition(o, type_).get("reason")
+                         == reason and o, timeout, f"{type_}={reason} on {namespace}/{name}"))
+
+
+class RandomTraffic:
+    """An application calling a scoring server: one random row per request, until stopped; counts status codes."""
+
+    def __init__(self, url: str, features: int, seed: int = 0, per_second: float = 25) -> None:
+        self.url = url
+        self.features = features
+        self.seed = seed
+        self.per_second = per_second
+        self.codes: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rng = random.Random(self.seed)
+        columns = [f"f{i}" for i in range(self.features)]
+        while not self._stop.is_set():
+            body = {"dataframe_split": {"columns": columns, "data": [[rng.gauss(0, 1) for _ in columns]]}}
+            try:
+                self.codes[requests.post(self.url + "/invocations", json=body, timeout=10).status_code] += 1
+            except requests.RequestException:
+                self.codes[0] += 1
+            self._stop.wait(1 / self.per_second)
+
+    def start(self) -> RandomTraffic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(15)
+
+    def __enter__(self) -> RandomTraffic:
+        return self.start()
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
 
 
 def events_for(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:

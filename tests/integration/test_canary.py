@@ -10,9 +10,7 @@ inputs, or answers slowly, is rolled back.
 from __future__ import annotations
 
 import json
-import random
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from hack.controlplane import ControlPlane
 from hack.proc import free_port, wait_for
@@ -31,11 +28,13 @@ from modelpilot.traffic import effective_weight, split_replicas
 from tests.helpers import (
     MDEP,
     Operator,
+    RandomTraffic,
     Registry,
     Server,
     apply,
     condition,
     events_for,
+    get_mdep,
     mdep_manifest,
     reapply,
     wait_event,
@@ -62,31 +61,20 @@ class ScoringServer:
         self.url = self.server.url
         self.target = f"{namespace}-{model}-{version}"
         self.prometheus = prometheus
-        self.codes: Counter[int] = Counter()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.traffic = RandomTraffic(self.url, FEATURES)
         prometheus.add_target(self.target, f"127.0.0.1:{port}", {"namespace": namespace})
+
+    @property
+    def codes(self) -> Counter[int]:
+        return self.traffic.codes
 
     def start_load(self, per_second: float = 25) -> None:
         """Requests with random rows, as production traffic would look, until stop()."""
-        def loop() -> None:
-            rng = random.Random(0)
-            while not self._stop.is_set():
-                row = [rng.gauss(0, 1) for _ in range(FEATURES)]
-                body = {"dataframe_split": {"columns": [f"f{i}" for i in range(FEATURES)], "data": [row]}}
-                try:
-                    self.codes[requests.post(self.url + "/invocations", json=body, timeout=10).status_code] += 1
-                except requests.RequestException:
-                    self.codes[0] += 1
-                self._stop.wait(1 / per_second)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
+        self.traffic.per_second = per_second
+        self.traffic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(15)
+        self.traffic.stop()
         self.prometheus.remove_target(self.target)
         self.server.stop()
 
@@ -109,12 +97,6 @@ def serve(mlflow_server: MlflowServer, prometheus: PrometheusServer, namespace: 
 
 
 # -- reading what the operator wrote ------------------------------------------------------------------
-def get_mdep(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    obj = kube.get(*MDEP, namespace, name)
-    assert obj is not None
-    return obj
-
-
 def canary_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return dict((get_mdep(kube, namespace, name).get("status") or {}).get("canary") or {})
 

@@ -25,6 +25,7 @@ from tests.helpers import (
     wait_event,
     wait_for,
     wait_ready,
+    wait_reason,
 )
 
 pytestmark = pytest.mark.cluster
@@ -173,9 +174,7 @@ def test_registry_outage_leaves_children_untouched_and_recovers(
     before = settled_versions(kube, namespace, CHILDREN)
 
     own_mlflow.stop()
-    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and
-                   condition(o, "ModelResolved").get("reason") == "RegistryUnreachable" and o, 30,
-                   "a RegistryUnreachable condition")
+    obj = wait_reason(kube, namespace, "m", "ModelResolved", "RegistryUnreachable")
     resolved = condition(obj, "ModelResolved")
     assert resolved["status"] == "False" and own_mlflow.url in resolved["message"]
     assert "still serving the last resolved version 1" in resolved["message"]
@@ -214,8 +213,7 @@ def test_unresolvable_creates_nothing(
         model_name: str, uri_suffix: str, extra: dict[str, Any], reason: str) -> None:
     registry.register(model_name, alias="champion")
     apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}{uri_suffix}", **extra))
-    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "ModelResolved").get("reason")
-                   == reason and o, 30, f"a {reason} condition")
+    obj = wait_reason(kube, namespace, "m", "ModelResolved", reason)
     assert condition(obj, "Ready")["status"] == "False"
     assert condition(obj, "ModelResolved")["message"]
     wait_event(kube, namespace, "m", reason, "Warning")
@@ -231,16 +229,14 @@ def test_switching_to_an_unknown_alias_keeps_serving_the_old_version(
     wait_ready(kube, namespace, "m", operator=operator)
     rv = deployment(kube, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
     apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@typo"))
-    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "ModelResolved").get("reason")
-                   == "ModelNotFound" and o, 30, "a ModelNotFound condition")
+    obj = wait_reason(kube, namespace, "m", "ModelResolved", "ModelNotFound")
     assert "still serving the last resolved version 1" in condition(obj, "ModelResolved")["message"]
     assert deployment(kube, namespace, "m")["metadata"]["resourceVersion"] == rv  # type: ignore[index]
 
 
 def test_unknown_model_name(control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str) -> None:
     apply(control_plane, mdep_manifest("m", namespace, "models:/never-registered@champion"))
-    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "ModelResolved").get("reason")
-                   == "ModelNotFound" and o, 30, "a ModelNotFound condition")
+    obj = wait_reason(kube, namespace, "m", "ModelResolved", "ModelNotFound")
     assert "never-registered" in condition(obj, "ModelResolved")["message"]
     assert deployment(kube, namespace, "m") is None
 
@@ -290,7 +286,6 @@ def test_operator_status_reports_invalid_spec_past_the_schema(
         control_plane: ControlPlane, kube: Kube, operator: Operator, namespace: str) -> None:
     """Specs the schema lets through but that cannot work still get a readable condition."""
     apply(control_plane, mdep_manifest("m", namespace, "models:/fraud@v2"))  # reserved alias spelling
-    obj = wait_for(lambda: (o := kube.get(*MDEP, namespace, "m")) and condition(o, "Ready").get("reason")
-                   == "InvalidSpec" and o, 30, "an InvalidSpec condition")
+    obj = wait_reason(kube, namespace, "m", "Ready", "InvalidSpec")
     assert "spec.model.uri" in condition(obj, "Ready")["message"]
     assert deployment(kube, namespace, "m") is None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,32 +19,21 @@ from hack.services import MlflowServer
 from modelpilot.kube import Kube
 from tests.fakes.mlflow import FakeMlflow
 from tests.helpers import (
-    MDEP,
     Operator,
     Registry,
     apply,
     condition,
     events_for,
+    get_mdep,
     mdep_manifest,
     reapply,
     wait_event,
     wait_for,
     wait_ready,
+    wait_reason,
 )
 
 pytestmark = pytest.mark.cluster
-
-
-def mdep(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    obj = kube.get(*MDEP, namespace, name)
-    assert obj is not None
-    return obj
-
-
-def wait_reason(kube: Kube, namespace: str, name: str, type_: str, reason: str, timeout: float = 30,
-                ) -> dict[str, Any]:
-    return dict(wait_for(lambda: (o := kube.get(*MDEP, namespace, name)) and condition(o, type_).get("reason")
-                         == reason and o, timeout, f"{type_}={reason} on {namespace}/{name}"))
 
 
 @pytest.fixture
@@ -86,7 +74,7 @@ def test_objects_of_others_under_our_names_are_never_touched(
     canary = kube.get("apps/v1", "Deployment", namespace, "web-canary")
     assert canary is not None and canary["metadata"]["uid"] == before["Deployment"]["metadata"]["uid"]  # type: ignore[index]
     assert kube.get("apps/v1", "Deployment", namespace, "web") is None
-    assert mdep(kube, namespace, "web")["status"]["observedGeneration"] == generation_seen
+    assert get_mdep(kube, namespace, "web")["status"]["observedGeneration"] == generation_seen
 
     # the clash is removed: it recovers by itself; their canary-named Deployment is still untouched
     control_plane.kubectl("delete", "service", "web", "-n", namespace)

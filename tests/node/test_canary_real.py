@@ -9,15 +9,11 @@ PodMonitor would. A version that fails half its requests is rolled back; a good 
 
 from __future__ import annotations
 
-import random
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 
 from hack.controlplane import ControlPlane
@@ -25,7 +21,7 @@ from hack.realnode import RealNode
 from hack.sample_model import register_faulty
 from hack.services import PrometheusServer
 from modelpilot.kube import Kube
-from tests.helpers import REPO, Operator, Registry, apply, mdep_manifest, wait_ready
+from tests.helpers import REPO, Operator, RandomTraffic, Registry, apply, mdep_manifest, wait_ready
 from tests.integration.test_canary import wait_canary
 from tests.node.test_real_node import service_url
 
@@ -66,35 +62,6 @@ def pod_prometheus(state_dir: Path, control_plane: ControlPlane, real_node: Real
     server.stop()
 
 
-class Traffic:
-    """An application calling the Service: one random row per request, without pause."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.codes: Counter[int] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        rng = random.Random(7)
-        while not self._stop.is_set():
-            row = [rng.gauss(0, 1) for _ in range(FEATURES)]
-            body = {"dataframe_split": {"columns": [f"f{i}" for i in range(FEATURES)], "data": [row]}}
-            try:
-                self.codes[requests.post(self.url + "/invocations", json=body, timeout=10).status_code] += 1
-            except requests.RequestException:
-                self.codes[0] += 1
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-
 def test_a_canary_on_real_pods_is_rolled_back_or_promoted_on_real_metrics(
         control_plane: ControlPlane, kube: Kube, node_operator: Operator, node_registry: Registry,
         pod_prometheus: PrometheusServer, namespace: str, model_name: str) -> None:
@@ -109,7 +76,7 @@ def test_a_canary_on_real_pods_is_rolled_back_or_promoted_on_real_metrics(
     apply(control_plane, manifest)
     wait_ready(kube, namespace, "fraud", timeout=240, operator=node_operator, version=v1)
 
-    with Traffic(service_url(kube, namespace, "fraud")) as traffic:
+    with RandomTraffic(service_url(kube, namespace, "fraud"), FEATURES, seed=7, per_second=50) as traffic:
         bad = register_faulty(node_registry.url, model_name, alias="champion", fail_share=0.5, features=FEATURES)
         obj = wait_canary(kube, namespace, "fraud", "the faulty version to be rolled back",
                           lambda s: (s.get("lastRollout") or {}).get("version") == bad, node_operator, timeout=300)

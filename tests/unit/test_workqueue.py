@@ -8,24 +8,34 @@ import asyncio
 import itertools
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 from modelpilot.workqueue import Retry, WorkQueue, error_backoff
+
+
+def drive(queue: WorkQueue[str], steps: Callable[[WorkQueue[str]], Awaitable[None]]) -> None:
+    """Run `queue` on an event loop while `steps` feeds it, then stop it."""
+    async def main() -> None:
+        runner = asyncio.create_task(queue.run())
+        await asyncio.sleep(0.01)
+        try:
+            await steps(queue)
+        finally:
+            runner.cancel()
+            queue.shutdown()
+
+    asyncio.run(main())
 
 
 def test_a_burst_of_triggers_is_one_reconcile() -> None:
     calls: list[str] = []
 
-    async def scenario() -> None:
-        queue: WorkQueue[str] = WorkQueue(lambda k: calls.append(k) and None, workers=2)
-        runner = asyncio.create_task(queue.run())
-        await asyncio.sleep(0.01)
+    async def steps(queue: WorkQueue[str]) -> None:
         for _ in range(10):
             queue.add("a")  # ten Deployment status events in one tick
         await asyncio.sleep(0.3)
-        runner.cancel()
-        queue.shutdown()
 
-    asyncio.run(scenario())
+    drive(WorkQueue(lambda k: calls.append(k) and None, workers=2), steps)
     assert calls == ["a"]
 
 
@@ -43,10 +53,7 @@ def test_one_reconcile_per_key_at_a_time_and_a_trigger_during_it_runs_again_afte
         running[key] -= 1
         done.append(key)
 
-    async def scenario() -> None:
-        queue: WorkQueue[str] = WorkQueue(process, workers=4)
-        runner = asyncio.create_task(queue.run())
-        await asyncio.sleep(0.01)
+    async def steps(queue: WorkQueue[str]) -> None:
         queue.add("a")
         await asyncio.sleep(0.1)
         queue.add("a")  # while "a" runs: it must run once more afterwards, never beside itself
@@ -54,10 +61,8 @@ def test_one_reconcile_per_key_at_a_time_and_a_trigger_during_it_runs_again_afte
         await asyncio.sleep(0.1)
         release.set()
         await asyncio.sleep(0.3)
-        runner.cancel()
-        queue.shutdown()
 
-    asyncio.run(scenario())
+    drive(WorkQueue(process, workers=4), steps)
     assert overlap == [] and done == ["a", "a"]
 
 
@@ -70,17 +75,11 @@ def test_failures_are_retried_with_growing_delays_and_never_dropped() -> None:
             raise Retry("refused")
         return None
 
-    async def scenario() -> None:
-        queue: WorkQueue[str] = WorkQueue(process, workers=1,
-                                          error_delay=lambda _k, n: error_backoff(0.05, n, cap=0.5))
-        runner = asyncio.create_task(queue.run())
-        await asyncio.sleep(0.01)
+    async def steps(queue: WorkQueue[str]) -> None:
         queue.add("a")
         await asyncio.sleep(1.5)
-        runner.cancel()
-        queue.shutdown()
 
-    asyncio.run(scenario())
+    drive(WorkQueue(process, workers=1, error_delay=lambda _k, n: error_backoff(0.05, n, cap=0.5)), steps)
     assert len(attempts) == 4, "retried until it succeeded, then not again"
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[0] < gaps[1] < gaps[2], f"the delay grows: {gaps}"
@@ -93,16 +92,11 @@ def test_the_delay_a_reconcile_asks_for_is_kept() -> None:
         attempts.append(time.monotonic())
         return 0.3 if len(attempts) == 1 else None
 
-    async def scenario() -> None:
-        queue: WorkQueue[str] = WorkQueue(process, workers=1)
-        runner = asyncio.create_task(queue.run())
-        await asyncio.sleep(0.01)
+    async def steps(queue: WorkQueue[str]) -> None:
         queue.add("a")
         await asyncio.sleep(0.1)
         queue.add("a", delay=5)  # a later request does not push back the earlier one
         await asyncio.sleep(0.6)
-        runner.cancel()
-        queue.shutdown()
 
-    asyncio.run(scenario())
+    drive(WorkQueue(process, workers=1), steps)
     assert len(attempts) == 2 and 0.25 < attempts[1] - attempts[0] < 0.6
