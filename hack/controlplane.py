@@ -208,7 +208,10 @@ def _reachability(port: int) -> list[str]:
     if not ips:
         return ["--bind-address=127.0.0.1", f"--secure-port={port}", "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none"]
+    # Listening on every address: every request must then carry a certificate of this environment's
+    # CA or a ServiceAccount token (no anonymous access from the network).
     return ["--bind-address=0.0.0.0", f"--secure-port={port}", f"--advertise-address={ips[0]}",
+            "--anonymous-auth=false",
             "--endpoint-reconciler-type=lease",
             # `kubectl logs`/`exec` reach the kubelet by the node's address (its name is in no DNS)
             "--kubelet-preferred-address-types=InternalIP,Hostname"]

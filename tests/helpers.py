@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -223,6 +224,8 @@ class RandomTraffic:
         self.seed = seed
         self.per_second = per_second
         self.codes: Counter[int] = Counter()
+        #: (epoch, error) of requests that got no HTTP answer at all
+        self.failures: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -233,8 +236,9 @@ class RandomTraffic:
             body = {"dataframe_split": {"columns": columns, "data": [[rng.gauss(0, 1) for _ in columns]]}}
             try:
                 self.codes[requests.post(self.url + "/invocations", json=body, timeout=10).status_code] += 1
-            except requests.RequestException:
+            except requests.RequestException as exc:
                 self.codes[0] += 1
+                self.failures.append((time.time(), type(exc).__name__ + ": " + str(exc)[-160:]))
             self._stop.wait(1 / self.per_second)
 
     def start(self) -> RandomTraffic:
