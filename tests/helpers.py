@@ -141,6 +141,8 @@ class Server:
     def __init__(self, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        #: The probe process's address, where there is one.
+        self.health_url = ""
         self.log = log
         self.proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                                      env={**os.environ, **(env or {})}, start_new_session=True)

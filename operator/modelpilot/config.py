@@ -35,6 +35,15 @@ class Settings:
     server_image_pull_policy: str = ""
     #: Port the scoring server listens on inside the pod; the Service exposes port 80.
     server_port: int = 8080
+    #: Port of the scoring server's probe process (kubelet probes go there, never to the busy workers).
+    server_health_port: int = 8081
+    #: Requests of serving containers whose spec sets no `resources.requests`, as `cpu=100m,memory=256Mi`
+    #: (`none`: none, and such pods are BestEffort: first to be evicted).
+    server_default_requests: str = "cpu=100m,memory=256Mi"
+    #: Limits of serving containers whose spec sets no `resources` at all, same form (`none`: none).
+    server_default_limits: str = "none"
+    #: sizeLimit of the serving pods' /tmp emptyDir (downloaded model, caches): over it the pod is evicted.
+    server_tmp_size_limit: str = "20Gi"
     #: Default `spec.refreshInterval` in seconds: how often aliases are re-resolved.
     default_refresh_seconds: float = 60.0
     #: Total deadline of each registry call (connect, headers, body), in seconds.

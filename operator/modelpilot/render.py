@@ -43,6 +43,7 @@ def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> l
         {"name": "MODELPILOT_MODEL_URI", "value": resolved.pinned},
         {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri},
         {"name": "MODELPILOT_PORT", "value": str(settings.server_port)},
+        {"name": "MODELPILOT_HEALTH_PORT", "value": str(settings.server_health_port)},
         {"name": "MODELPILOT_WORKERS", "value": str(spec.runtime.workers)},
         {"name": "MODELPILOT_MAX_BATCH_SIZE", "value": str(spec.runtime.batching.max_batch_size)},
         {"name": "MODELPILOT_MAX_BATCH_DELAY_MS", "value": f"{spec.runtime.batching.max_delay_ms:g}"},
@@ -64,8 +65,22 @@ def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> l
     return env
 
 
-def _resources(spec: DeploymentSpec) -> dict[str, Any]:
+def _amounts(text: str) -> dict[str, str]:
+    """`cpu=100m,memory=256Mi` → {"cpu": "100m", "memory": "256Mi"}; `none` → {}."""
+    if text.strip() == "none":
+        return {}
+    pairs = (item.partition("=") for item in text.split(",") if item.strip())
+    return {k.strip(): v.strip() for k, _, v in pairs if k.strip() and v.strip()}
+
+
+def _resources(spec: DeploymentSpec, settings: Settings) -> dict[str, Any]:
+    """The spec's resources; the platform's default requests where it sets none, and its default limits
+    where it sets no resources at all (so a default limit never falls below a request the spec sets)."""
     resources: dict[str, Any] = {k: dict(v) for k, v in spec.resources.items()}
+    if not resources and _amounts(settings.server_default_limits):
+        resources["limits"] = _amounts(settings.server_default_limits)
+    if "requests" not in resources and _amounts(settings.server_default_requests):
+        resources["requests"] = _amounts(settings.server_default_requests)
     if spec.gpus:
         resources.setdefault("limits", {})[GPU_RESOURCE] = spec.gpus
     return resources
@@ -73,7 +88,7 @@ def _resources(spec: DeploymentSpec) -> dict[str, Any]:
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "health"},
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -115,12 +130,16 @@ def render_deployment(
         "name": CONTAINER,
         "image": image,
         "args": ["--model-uri", resolved.pinned],
-        "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"},
+                  {"name": "health", "containerPort": settings.server_health_port, "protocol": "TCP"}],
         "env": _env(spec, resolved, settings),
+        # Probes go to the server's probe process, which answers from the workers' heartbeats however
+        # busy they are (a worker decoding a 10 MB body would miss a 2 s probe timeout).
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
-        # Loading a model (download + unpickle + warm-up) can take minutes; liveness waits for it.
-        "startupProbe": _probe("/v2/health/live", period=5, failures=60),
+        # Loading a model (download + unpickle + warm-up) can take many minutes: liveness starts only
+        # once the model is ready, within a budget of 15 minutes.
+        "startupProbe": _probe("/v2/health/ready", period=5, failures=180),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -133,7 +152,7 @@ def render_deployment(
     }
     if settings.server_image_pull_policy:
         container["imagePullPolicy"] = settings.server_image_pull_policy
-    resources = _resources(spec)
+    resources = _resources(spec, settings)
     if resources:
         container["resources"] = resources
 
@@ -142,7 +161,8 @@ def render_deployment(
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "terminationGracePeriodSeconds": 30,
-        "volumes": [{"name": "model-cache", "emptyDir": {}}],
+        "volumes": [{"name": "model-cache", "emptyDir": (
+            {"sizeLimit": settings.server_tmp_size_limit} if settings.server_tmp_size_limit else {})}],
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)

@@ -4,6 +4,11 @@ Why no web framework: at thousands of requests per second on two cores, a framew
 request objects and middleware cost more than the model's share of a batched predict call. Routes
 are a handful of exact paths; every error is a `ServingError` turned into JSON in one place
 (`_send_error`); nothing here can leak a traceback to a client.
+
+The event loop only moves bytes and answers probes: decoding and encoding of large bodies run on the
+codec threads, predicts on the predict thread (see batcher.py). Each prediction request has one
+deadline, `--request-timeout` from the moment its headers are in, over every phase (body, decode,
+queue, predict, encode).
 """
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from . import metrics, protocol, v2
+from . import health, metrics, protocol, v2
 from .batcher import Batcher, Result, Runner
 from .errors import BadRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, ServingError, Timeout
 from .loader import LoadedModel, load, name_from_uri, version_from_uri
@@ -36,6 +43,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
+
+#: Bodies larger than this are decoded, and their answers encoded, on a codec thread.
+OFFLOAD_BYTES = 64 * 1024
 
 
 class ClientGone(Exception):
@@ -69,6 +79,8 @@ class ScoringApp:
         self._in_flight = metrics.IN_FLIGHT.labels(*labels)
         self._batch_size = metrics.BATCH_SIZE.labels(*labels)
         self._codes: dict[tuple[str, int], Any] = {}
+        self._codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
+        self._heartbeat: asyncio.Task[None] | None = None
         metrics.READY.labels(*labels).set(0)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -107,14 +119,28 @@ class ScoringApp:
             if message["type"] == "lifespan.startup":
                 loop = asyncio.get_running_loop()
                 threading.Thread(target=self._load, args=(loop,), name="model-loader", daemon=True).start()
+                health_dir = os.environ.get("MODELPILOT_HEALTH_DIR")
+                if health_dir:
+                    self._heartbeat = loop.create_task(self._beat(health.Heartbeat(Path(health_dir))))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.shutting_down = True
+                if self._heartbeat is not None:
+                    self._heartbeat.cancel()
                 metrics.READY.labels(self.name, self.version).set(0)
                 if self.batcher is not None:
                     await self.batcher.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _beat(self, heartbeat: health.Heartbeat) -> None:
+        """Tell the probe process, a few times a second, that this loop turns and whether we are ready."""
+        try:
+            while True:
+                heartbeat.beat(self.ready)
+                await asyncio.sleep(0.2)
+        finally:
+            heartbeat.close()
 
     # -- ASGI entry point ------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,7 +203,12 @@ class ScoringApp:
         try:
             if not self.ready:
                 raise self._not_ready()
-            body = await produce()
+            try:
+                async with asyncio.timeout(self.settings.request_timeout):
+                    body = await produce()
+            except TimeoutError:
+                raise Timeout(f"no answer within the request timeout of {self.settings.request_timeout:g}s"
+                              ) from None
             status = 200
             await _send(send, 200, body, JSON)
         except ServingError as exc:
@@ -189,33 +220,36 @@ class ScoringApp:
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def produce() -> bytes:
-            request = await self._decode(scope, receive, protocol.decode)
-            return encode_mlflow(await self._predict(request))
+            request, big = await self._decode(scope, receive, protocol.decode)
+            return await self._off_loop(big, encode_mlflow, await self._predict(request))
 
         await self._answer("invocations", send, produce)
 
-    async def _decode(self, scope: Scope, receive: Receive,
-                      decoder: Callable[[bytes, str | None], protocol.Request]) -> protocol.Request:
+    async def _off_loop(self, big: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), on a codec thread when the data is big (so the event loop stays free)."""
+        if not big:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._codec, fn, *args)
+
+    async def _decode(self, scope: Scope, receive: Receive, decoder: Callable[[bytes, str | None], protocol.Request]
+                      ) -> tuple[protocol.Request, bool]:
+        """The decoded request, and whether it is big (its answer is then encoded off the loop too)."""
         assert self.batcher is not None
-        self.batcher.arriving += 1
+        body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        big = len(body) > OFFLOAD_BYTES
+        self.batcher.arriving += 1  # complete and being decoded: a batch may wait for it
         try:
-            body = await _read_body(scope, receive, self.settings.max_body_bytes)
-            try:
-                return decoder(body, _header(scope, b"content-type"))
-            except ServingError:
-                raise
-            except Exception as exc:
-                raise BadRequest(f"could not read the request: {type(exc).__name__}: {exc}") from None
+            return await self._off_loop(big, decoder, body, _header(scope, b"content-type")), big
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise BadRequest(f"could not read the request: {type(exc).__name__}: {exc}") from None
         finally:
             self.batcher.arriving -= 1
 
     async def _predict(self, request: protocol.Request) -> Result:
         assert self.batcher is not None
-        try:
-            async with asyncio.timeout(self.settings.request_timeout):
-                result = await self.batcher.submit(request)
-        except TimeoutError:
-            raise Timeout(f"the prediction took longer than {self.settings.request_timeout:g}s") from None
+        result = await self.batcher.submit(request)
         if result.error is not None:
             if result.error.status >= 500:
                 log.warning("Prediction failed: %s", result.error.message)
@@ -285,9 +319,14 @@ class ScoringApp:
                 request_id.append(rid or str(uuid.uuid4()))
                 return protocol.decode(orjson.dumps(doc), "application/json")
 
-            result = await self._predict(await self._decode(scope, receive, decoder))
-            return orjson.dumps({"model_name": self.name, "model_version": self.version, "id": request_id[0],
-                                 "outputs": v2.outputs(result.predictions)})
+            request, big = await self._decode(scope, receive, decoder)
+            result = await self._predict(request)
+
+            def encode() -> bytes:
+                return orjson.dumps({"model_name": self.name, "model_version": self.version,
+                                     "id": request_id[0], "outputs": v2.outputs(result.predictions)})
+
+            return await self._off_loop(big, encode)
 
         await self._answer("v2_infer", send, produce)
 

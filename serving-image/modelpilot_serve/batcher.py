@@ -3,8 +3,15 @@
 Policy: when the model is idle a request runs at once (a lone request never waits for batch-mates);
 while a predict call runs, arriving requests queue up, and the next call takes all queued requests
 that can be merged with the oldest one, up to `max_batch_size` rows. `max_delay` only applies when
-more requests are already being received: the batch then waits for them that long at most. Under load
-batches grow by themselves; at low load latency is the model's own.
+more requests are already being decoded (their bodies complete: a stalled upload is never waited
+for): the batch then waits for them that long at most. Under load batches grow by themselves; at low
+load latency is the model's own.
+
+Every predict runs on the predict thread, never on the event loop (which must answer probes). A
+predict that every one of its callers has given up on (their deadlines passed) is abandoned: its
+thread finishes on its own and the next batch gets a fresh thread, so one stuck call does not turn
+the requests after it into timeouts. At most `MAX_ABANDONED` such threads run at once; beyond that
+the batcher waits (the model is then really stuck, and requests time out).
 
 A merged batch that fails (a request with a wrong column, a model that raises on one row) is re-run
 request by request, so one bad request never poisons its batch-mates.
@@ -29,8 +36,8 @@ from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
-#: Lone requests whose predicts take less than this (moving average) run on the event loop.
-INLINE_BELOW_MS = 20.0
+#: Abandoned predict threads that may still be running before the batcher stops abandoning.
+MAX_ABANDONED = 2
 
 
 @dataclass
@@ -126,15 +133,17 @@ class Batcher:
         self._on_batch = on_batch or (lambda _n: None)
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self._executor = self._new_executor()
         self._task: asyncio.Task[None] | None = None
-        #: Requests being received/decoded right now (they may join the next batch).
+        #: Requests whose bodies are complete and being decoded right now (they may join the next batch).
         self.arriving = 0
-        #: Run a lone request on the event loop instead of the predict thread, when predicts are fast.
-        self.inline = True
-        #: Moving average of lone predict calls (ms); None until measured.
-        self._solo_ms: float | None = None
+        #: Predict calls given up on that are still running on their own threads.
+        self.abandoned_running = 0
         self._last_batch = 0
+
+    @staticmethod
+    def _new_executor() -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -196,23 +205,40 @@ class Batcher:
             batch = self._take()
             self._last_batch = len(batch)
             self._on_batch(sum(max(i.request.rows, 1) for i in batch))
-            lone = len(batch) == 1 and not self._queue and not self.arriving
-            started = loop.time()
+            futures = [i.future for i in batch]
+            work = loop.run_in_executor(self._executor, self._run_batch, [i.request for i in batch])
+            if not await self._wait_or_abandon(work, futures):
+                continue
             try:
-                if lone and self.inline and self._solo_ms is not None and self._solo_ms < INLINE_BELOW_MS:
-                    # A lone, fast request with nothing else in sight: predicting right here saves the
-                    # thread hand-off (and its GIL round trips), most of the latency we would add. Slow
-                    # models always run on the predict thread, so probes and timeouts stay responsive.
-                    results = self._run_batch([batch[0].request])
-                else:
-                    results = await loop.run_in_executor(self._executor, self._run_batch,
-                                                         [i.request for i in batch])
+                results = work.result()
             except Exception as exc:
                 log.exception("Batch failed unexpectedly")
                 results = [Result(error=from_mlflow(exc))] * len(batch)
-            if lone:
-                took = (loop.time() - started) * 1000
-                self._solo_ms = took if self._solo_ms is None else 0.8 * self._solo_ms + 0.2 * took
-            for item, result in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
+            for future, result in zip(futures, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _wait_or_abandon(self, work: asyncio.Future[list[Result]],
+                               callers: list[asyncio.Future[Result]]) -> bool:
+        """Wait for `work`; False if every caller gave up first and the call was left to its thread."""
+        while not work.done():
+            waiting = [f for f in callers if not f.done()]
+            if not waiting and self.abandoned_running < MAX_ABANDONED:
+                self._abandon(work)
+                return False
+            await asyncio.wait([work, *waiting], return_when=asyncio.FIRST_COMPLETED)
+        return True
+
+    def _abandon(self, work: asyncio.Future[list[Result]]) -> None:
+        log.warning("A predict call outlived the deadline of every request in it; it is left to finish on "
+                    "its own thread and the next requests get a fresh one")
+        self.abandoned_running += 1
+
+        def finished(done: asyncio.Future[list[Result]]) -> None:
+            self.abandoned_running -= 1
+            if not done.cancelled() and done.exception() is not None:
+                log.warning("The abandoned predict call failed: %s", done.exception())
+
+        work.add_done_callback(finished)
+        self._executor.shutdown(wait=False)
+        self._executor = self._new_executor()

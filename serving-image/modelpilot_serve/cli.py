@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -22,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelpilot-metrics-")
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.health_port:
+        # Probes get their own process (see health.py); the workers write heartbeats for it.
+        health_dir = tempfile.mkdtemp(prefix="modelpilot-health-")
+        os.environ["MODELPILOT_HEALTH_DIR"] = health_dir
+        subprocess.Popen([sys.executable, "-m", "modelpilot_serve.health", "--host", settings.host,
+                          "--port", str(settings.health_port), "--dir", health_dir, "--parent", str(os.getpid())])
     import uvicorn
 
     uvicorn.run(

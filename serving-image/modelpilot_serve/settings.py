@@ -15,6 +15,7 @@ class ServeSettings:
     model_uri: str
     host: str = "0.0.0.0"
     port: int = 8080
+    health_port: int = 8081
     workers: int = 1
     max_batch_size: int = 1024
     max_batch_delay_ms: float = 5.0
@@ -62,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
                         "directory [MODELPILOT_MODEL_URI]")
     p.add_argument("--host", default=_default("host"), help="[MODELPILOT_HOST]")
     p.add_argument("--port", type=int, default=_default("port"), help="[MODELPILOT_PORT]")
+    p.add_argument("--health-port", type=int, default=_default("health_port"),
+                   help="port of the probe process (/v2/health/live, /v2/health/ready answered from the "
+                        "workers' heartbeats, whatever load they are under); 0: none [MODELPILOT_HEALTH_PORT]")
     p.add_argument("--workers", type=int, default=_default("workers"),
                    help="server processes, each with its own copy of the model [MODELPILOT_WORKERS]")
     p.add_argument("--max-batch-size", type=int, default=_default("max_batch_size"),

@@ -39,10 +39,11 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
     logs = tmp_path_factory.mktemp("server-logs")
 
     def start(model: Path | str, *flags: str, env: dict[str, str] | None = None, wait: bool = True) -> Server:
-        port = free_port()
+        port, health_port = free_port(), free_port()
         argv = [sys.executable, "-m", "modelpilot_serve.cli", "--model-uri", str(model), "--port", str(port),
-                "--host", "127.0.0.1", "--log-level", "warning", *flags]
+                "--health-port", str(health_port), "--host", "127.0.0.1", "--log-level", "warning", *flags]
         server = Server(argv, port, logs / f"serve-{port}.log", env)
+        server.health_url = f"http://127.0.0.1:{health_port}"
         servers.append(server)
         return server.wait() if wait else server
 

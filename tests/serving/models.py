@@ -72,7 +72,8 @@ def save_onnx(path: Path) -> Path:
 
 
 def save_flaky(path: Path) -> Path:
-    """Raises for rows whose f0 is 13, sleeps 1 s for rows whose f0 is 99; FLAKY_LOAD_SECONDS delays loading."""
+    """Raises for rows whose f0 is 13, sleeps 1 s for rows whose f0 is 99 and FLAKY_LONG_SECONDS (default 30)
+    for rows whose f0 is 77; FLAKY_LOAD_SECONDS delays loading."""
     import mlflow.pyfunc
     from mlflow.models import infer_signature
 
@@ -85,6 +86,8 @@ def save_flaky(path: Path) -> Path:
                 raise RuntimeError("thirteen is unlucky")
             if (model_input["f0"] == 99).any():
                 time.sleep(1.0)
+            if (model_input["f0"] == 77).any():
+                time.sleep(float(os.environ.get("FLAKY_LONG_SECONDS", "30")))
             return (model_input["f0"] * 10).to_numpy()
 
     x = training_frame(5)

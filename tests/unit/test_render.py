@@ -88,6 +88,42 @@ def test_probes_and_security_defaults() -> None:
     assert pod["automountServiceAccountToken"] is False
 
 
+def test_probes_go_to_the_probe_process_and_startup_waits_for_the_model() -> None:
+    c = container(build(BASE))
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "health": 8081}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["port"] == "health"
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    budget = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
+    assert budget >= 600, "large models get minutes to download and load"
+    assert env(build(BASE))["MODELPILOT_HEALTH_PORT"] == "8081"
+
+
+@pytest.mark.parametrize(
+    ("resources", "requests", "limits"),
+    [
+        pytest.param({}, {"cpu": "100m", "memory": "256Mi"}, {"memory": "8Gi"}, id="none-set: both defaults"),
+        pytest.param({"requests": {"memory": "16Gi"}}, {"memory": "16Gi"}, None, id="requests-set: no default limit"),
+        pytest.param({"limits": {"cpu": "2"}}, {"cpu": "100m", "memory": "256Mi"}, {"cpu": "2"},
+                     id="limits-set: default requests"),
+    ],
+)
+def test_platform_default_resources(resources: dict[str, Any], requests: dict[str, str],
+                                    limits: dict[str, str] | None) -> None:
+    settings = Settings(default_tracking_uri="http://mlflow:5000", server_default_limits="memory=8Gi")
+    dep = render.render_deployment(OWNER, parse_spec({**BASE, "resources": resources}, settings), RESOLVED, settings)
+    assert container(dep)["resources"].get("requests") == requests
+    assert container(dep)["resources"].get("limits") == limits
+    none = Settings(default_tracking_uri="http://mlflow:5000", server_default_requests="none")
+    assert "resources" not in container(
+        render.render_deployment(OWNER, parse_spec(BASE, none), RESOLVED, none))
+
+
+def test_tmp_is_a_sized_empty_dir() -> None:
+    volumes = build(BASE)["spec"]["template"]["spec"]["volumes"]
+    assert volumes == [{"name": "model-cache", "emptyDir": {"sizeLimit": "20Gi"}}]
+
+
 @pytest.mark.parametrize(
     ("runtime", "resources", "image", "gpus"),
     [

@@ -74,3 +74,12 @@ the namespace's `default` account would grant the operator's permissions to ever
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
+
+{{/* A resource map as `cpu=100m,memory=256Mi` (the operator's MODELPILOT_SERVER_DEFAULT_* form); "none" if empty. */}}
+{{- define "modelpilot.amounts" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%v" $k $v) -}}
+{{- end -}}
+{{- if $pairs }}{{ join "," $pairs }}{{ else }}none{{ end -}}
+{{- end -}}
