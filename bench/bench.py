@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_bin = Path(sys.executable).parent / "modelpilot-serve"
         procs.append(Proc("modelpilot-serve", [str(serve_bin), "--model-uri", uri, "--port", str(port), "--host",
                                                "127.0.0.1", "--workers", "1", "--log-level", "warning",
-                                               "--cache-dir", str(work / "cache")],
+                                               "--health-port", str(free_port()), "--cache-dir", str(work / "cache")],
                           work / "modelpilot-serve.log", env=env))
         servers["modelpilot-serve"] = f"http://127.0.0.1:{port}"
 

@@ -56,7 +56,8 @@ class ScoringServer:
         port = free_port()
         self.server = Server(
             [sys.executable, "-m", "modelpilot_serve.cli", "--model-uri", f"models:/{model}/{version}",
-             "--host", "127.0.0.1", "--port", str(port), "--cache-dir", str(log.parent / f"cache-{port}")],
+             "--host", "127.0.0.1", "--port", str(port), "--health-port", str(free_port()),
+             "--cache-dir", str(log.parent / f"cache-{port}")],
             port, log, env={"MLFLOW_TRACKING_URI": tracking_uri}).wait("/v2/health/ready")
         self.url = self.server.url
         self.target = f"{namespace}-{model}-{version}"
