@@ -87,6 +87,12 @@ class Operator:
     def stop(self) -> None:
         self.procs.stop("operator")
 
+    def kill(self) -> None:
+        """kill -9: no cleanup, no lease release (a node lost, an OOM kill)."""
+        pid = int((self.procs.state / "pids" / "operator.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda: not self.procs.alive("operator"), 10, "the killed operator to be gone")
+
     def restart(self) -> None:
         self.stop()
         self.start()

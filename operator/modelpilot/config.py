@@ -66,6 +66,17 @@ class Settings:
     cluster_domain: str = "cluster.local"
     #: Name the operator writes with (server-side apply field manager, event source).
     field_manager: str = "modelpilot"
+    #: Only the replica holding a coordination.k8s.io Lease reconciles (run two or more replicas).
+    leader_election: bool = False
+    #: The Lease's name, and its namespace (empty: the pod's own namespace).
+    leader_election_id: str = "modelpilot-leader"
+    leader_election_namespace: str = ""
+    #: A standby takes over when the lease has not been renewed for this long.
+    lease_duration_seconds: float = 15.0
+    #: A leader that cannot renew for this long stops (and restarts as a standby).
+    renew_deadline_seconds: float = 10.0
+    #: How often the leader renews and a standby tries to acquire.
+    retry_period_seconds: float = 2.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -79,6 +90,8 @@ class Settings:
                 values[f.name] = parse_duration(raw)
             elif f.name == "allowed_registry_urls":
                 values[f.name] = tuple(u.strip() for u in raw.split(",") if u.strip())
+            elif f.type in ("bool", bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             elif f.type in ("int", int):
                 values[f.name] = int(raw)
             elif f.type in ("float", float):

@@ -16,6 +16,7 @@ import kopf
 from . import metrics
 from .config import Settings
 from .kube import Kube, KubeError
+from .leader import LeaderElector, LeaseConfig, own_namespace
 from .names import GROUP, LABEL_DEPLOYMENT, MANAGED_BY, PLURAL, VERSION
 from .reconciler import Reconciler
 from .resolver import Key
@@ -31,6 +32,8 @@ class _State:
     queue: WorkQueue[Key] | None = None
     reconciler: Reconciler | None = None
     task: asyncio.Task[None] | None = None
+    elector: LeaderElector | None = None
+    election: asyncio.Task[None] | None = None
 
 
 state = _State()
@@ -70,6 +73,20 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                             error_delay=lambda _k, n: error_backoff(config.retry_base_seconds, n))
     state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_threadsafe)
     state.reconciler.outbound.start()
+    if config.leader_election:
+        namespace = config.leader_election_namespace or own_namespace()
+        if not namespace:
+            raise kopf.PermanentError("leader election needs MODELPILOT_LEADER_ELECTION_NAMESPACE or POD_NAMESPACE")
+        state.queue.active = False  # a standby until the lease is ours
+        metrics.LEADER.set(0)
+        state.elector = LeaderElector(
+            Kube(kube.cfg, user_agent="modelpilot-leader-election", counted=False),
+            LeaseConfig(namespace, config.leader_election_id, lease_duration=config.lease_duration_seconds,
+                        renew_deadline=config.renew_deadline_seconds, retry_period=config.retry_period_seconds),
+            on_started=state.queue.activate)
+        state.election = asyncio.create_task(state.elector.run())
+    else:
+        metrics.LEADER.set(1)
     state.task = asyncio.create_task(state.queue.run())
     log.info("modelpilot operator started (default tracking URI: %s)",
              config.default_tracking_uri or "none")
@@ -77,12 +94,16 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if state.election is not None:
+        state.election.cancel()
     if state.task is not None:
         state.task.cancel()
     if state.queue is not None:
         state.queue.shutdown()
     if state.reconciler is not None:
         state.reconciler.outbound.stop()
+    if state.elector is not None:
+        await asyncio.to_thread(state.elector.release)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -103,6 +124,7 @@ def queue_length(**_: Any) -> int:
     """Keys waiting or running; liveness fails (HTTP 500) when the queue makes no progress."""
     if state.queue is None:
         return 0
+    metrics.QUEUE_DEPTH.set(len(state.queue))
     try:
         state.queue.check_progress(STALL_SECONDS)
     except Stalled as exc:

@@ -51,10 +51,12 @@ class Kube:
     """A thread-safe, synchronous client for one cluster."""
 
     def __init__(self, configuration: Configuration, timeout: float = 30.0,
-                 user_agent: str = "modelpilot-operator") -> None:
+                 user_agent: str = "modelpilot-operator", counted: bool = True) -> None:
         self.cfg = configuration
         self.timeout = timeout
         self.user_agent = user_agent
+        #: Count requests in modelpilot_api_requests_total (the reconciles' traffic; not lease renewals).
+        self.counted = counted
         self._local = threading.local()
 
     @classmethod
@@ -96,7 +98,8 @@ class Kube:
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         # verify is passed per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
         verify = (self.cfg.ssl_ca_cert or True) if self.cfg.verify_ssl else False
-        API_REQUESTS.labels(verb=method).inc()
+        if self.counted:
+            API_REQUESTS.labels(verb=method).inc()
         resp = self._session().request(method, self.cfg.host.rstrip("/") + path, data=data, verify=verify,
                                        headers=headers, params=params, timeout=self.timeout)
         if method == "GET" and resp.status_code == 404:

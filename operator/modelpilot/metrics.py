@@ -1,6 +1,6 @@
 """Prometheus metrics of the operator itself (served on --metrics-port)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter("modelpilot_reconciles_total", "Reconciles run, by result", ["result"])
 RECONCILE_SECONDS = Histogram("modelpilot_reconcile_duration_seconds", "Time spent in one reconcile")
@@ -14,3 +14,6 @@ ANALYSES = Counter("modelpilot_canary_analyses_total", "Canary analyses run, by 
 API_REQUESTS = Counter("modelpilot_api_requests_total",
                        "Requests the operator's reconciles sent to the Kubernetes API server, by HTTP verb "
                        "(PATCH, POST and DELETE are writes; none are expected while nothing changes)", ["verb"])
+LEADER = Gauge("modelpilot_leader", "1 while this replica holds the leader lease and reconciles (always 1 "
+               "without leader election)")
+QUEUE_DEPTH = Gauge("modelpilot_queue_depth", "ModelDeployments waiting or being reconciled")

@@ -52,6 +52,15 @@ class WorkQueue(Generic[K]):
         self._tasks: set[asyncio.Task[None]] = set()
         #: loop time of the last finished piece of work (or of the start)
         self._progress = 0.0
+        #: False while another replica leads: keys are kept, none is processed.
+        self.active = True
+
+    def activate(self) -> None:
+        """Start processing (this replica became the leader): everything queued so far is due."""
+        self.active = True
+        if self._loop is not None and self._wake is not None:
+            self._progress = self._loop.time()
+            self._wake.set()
 
     def add(self, key: K, delay: float = 0.0) -> None:
         """Ask for `key` to be processed after `delay` seconds (the earliest request wins)."""
@@ -72,7 +81,7 @@ class WorkQueue(Generic[K]):
 
     def check_progress(self, stall_seconds: float) -> None:
         """Raise Stalled when work has been due for `stall_seconds` and none finished meanwhile."""
-        if self._loop is None:
+        if self._loop is None or not self.active:
             return
         now = self._loop.time()
         # Work is waiting when a key runs (or waits for a worker: keys past their time are handed to the
@@ -90,6 +99,10 @@ class WorkQueue(Generic[K]):
         self._progress = self._loop.time()
         while True:
             now = self._loop.time()
+            if not self.active:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             for key in [k for k, at in self._due.items() if at <= now and k not in self._running]:
                 if not self._running:
                     self._progress = now  # idle until now: the silence so far was no stall

@@ -38,6 +38,8 @@ OPERATOR_NEEDS = {
     ("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
+    # leader election (operator/modelpilot/leader.py), in the release namespace, on its one Lease
+    ("coordination.k8s.io", "leases"): {"create", "get", "update"},
 }
 
 
@@ -87,7 +89,12 @@ def test_secure_pod_defaults(helm: str) -> None:
     dep = next(d for d in render(helm) if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MODELPILOT_LEADER_ELECTION"] == "true"
+    assert next(d for d in render(helm) if d["kind"] == "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = container["securityContext"]
@@ -101,7 +108,7 @@ def test_settings_flow_from_values_to_the_operator(helm: str) -> None:
 
     dep = next(d for d in render(helm, "--set", "registry.trackingUri=http://mlflow:5000",
                                  "--set", "registry.refreshInterval=2m") if d["kind"] == "Deployment")
-    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
     assert set(env) <= set(Settings().env_names()), "every variable the chart sets is a documented setting"
     settings = Settings.from_env(env)
     assert settings.default_tracking_uri == "http://mlflow:5000" and settings.default_refresh_seconds == 120
@@ -110,6 +117,11 @@ def test_settings_flow_from_values_to_the_operator(helm: str) -> None:
 def test_rbac_is_exactly_what_the_operator_uses(helm: str) -> None:
     docs = render(helm)
     assert rules_of(docs) == OPERATOR_NEEDS
+    (lease_role,) = [d for d in docs if d["kind"] == "Role"]
+    assert lease_role["metadata"]["namespace"] == "modelpilot-system"
+    named = [r for r in lease_role["rules"] if "resourceNames" in r]
+    assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["mp-modelpilot"],
+                      "verbs": ["get", "update"]}]
     assert {d["kind"] for d in docs} >= {"ClusterRole", "ClusterRoleBinding"}
 
 
@@ -117,7 +129,8 @@ def test_namespaced_mode_grants_nothing_cluster_wide(helm: str) -> None:
     docs = render(helm, "-f", str(Path(__file__).parent / "values" / "namespaced.yaml"))
     kinds = [d["kind"] for d in docs]
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
-    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["team-a", "team-b"]
+    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == [
+        "modelpilot-system", "team-a", "team-b"]  # the leader Lease lives in the release namespace
     args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
 
@@ -136,7 +149,7 @@ def test_crd_in_chart_is_the_repository_crd(helm: str) -> None:
 @pytest.mark.parametrize(
     ("setting", "named"),
     [pytest.param("registry.trackinguri=x", "trackinguri", id="typo-nested"),
-     pytest.param("replicaCount=2", "replicaCount", id="unknown-top-level"),
+     pytest.param("replicas=2", "replicas", id="unknown-top-level"),
      pytest.param("metrics.servicemonitor.enabled=true", "servicemonitor", id="typo-deep"),
      pytest.param("logLevel=verbose", "logLevel", id="bad-enum")],
 )
@@ -222,8 +235,8 @@ def test_registry_allowlist_reaches_the_operator(helm: str) -> None:
 
     dep = next(d for d in render(helm, "--set-json", 'registry.allowedUrls=["https://a.svc","https://b.svc/x"]')
                if d["kind"] == "Deployment")
-    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
     assert Settings.from_env(env).allowed_registry_urls == ("https://a.svc", "https://b.svc/x")
     default = next(d for d in render(helm) if d["kind"] == "Deployment")
-    env = {e["name"]: e["value"] for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in default["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
     assert Settings.from_env(env).allowed_registry_urls == ()
