@@ -100,3 +100,21 @@ def test_the_delay_a_reconcile_asks_for_is_kept() -> None:
 
     drive(WorkQueue(process, workers=1), steps)
     assert len(attempts) == 2 and 0.25 < attempts[1] - attempts[0] < 0.6
+
+
+def test_a_standby_keeps_keys_without_processing_them_and_is_never_stalled() -> None:
+    calls: list[str] = []
+
+    async def steps(queue: WorkQueue[str]) -> None:
+        queue.add("a")
+        queue.add("b")
+        await asyncio.sleep(0.2)
+        assert calls == []
+        queue.check_progress(0.0)  # waiting for the lease is not a stall
+        queue.activate()  # became the leader
+        await asyncio.sleep(0.2)
+
+    queue: WorkQueue[str] = WorkQueue(lambda k: calls.append(k) and None, workers=2)
+    queue.active = False
+    drive(queue, steps)
+    assert sorted(calls) == ["a", "b"]
