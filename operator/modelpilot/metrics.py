@@ -17,3 +17,5 @@ API_REQUESTS = Counter("modelpilot_api_requests_total",
 LEADER = Gauge("modelpilot_leader", "1 while this replica holds the leader lease and reconciles (always 1 "
                "without leader election)")
 QUEUE_DEPTH = Gauge("modelpilot_queue_depth", "ModelDeployments waiting or being reconciled")
+REGISTRY_CALLS = Counter("modelpilot_registry_requests_total", "Resolutions asked of a registry, by registry "
+                         "(one per distinct registry, model URI and credentials per refresh interval)", ["host"])

@@ -5,6 +5,12 @@ failure, until its backoff has). A due resolution is a call on the `outbound` th
 waits a moment for it and otherwise goes on with what it knew; the answer re-enqueues the key. So a
 slow registry never holds a reconcile worker, and identical questions asked at once (same registry,
 URI and credentials) share one call.
+
+Answers are shared too: a ModelDeployment whose answer is due first takes a successful answer to the
+same question (registry, URI, and the same credentials Secret of the same namespace, or none) that is
+younger than its own refresh interval. A thousand ModelDeployments following one alias then cost one
+registry call per interval, and all of them move together when it moves. An answer obtained with a
+tenant's credentials is never given to another namespace.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 SecretReader = Callable[[str, str], dict[str, str] | None]
 Identity = tuple[str, str, str | None]
+#: (tracking URL, model URI, (namespace, Secret name) or None): who may share an answer.
+Question = tuple[str, str, tuple[str, str] | None]
+#: Shared answers kept at most; older ones are dropped first when there are more.
+MAX_SHARED_ANSWERS = 20_000
 
 
 class CredentialsInvalid(RegistryError):
@@ -77,6 +87,8 @@ class Resolver:
         self.on_answer = on_answer
         self.clock = clock
         self._entries: dict[tuple[str, str, str], _Entry] = {}
+        #: The last successful answer to each question, and when it came.
+        self._answers: dict[Question, tuple[ResolvedModel, float]] = {}
         self._lock = threading.Lock()
 
     def credentials(self, namespace: str, spec: DeploymentSpec) -> Credentials | None:
@@ -110,13 +122,23 @@ class Resolver:
             entry = None
         if entry is not None and entry.future is None and now < entry.resolution.next_at:
             return entry.resolution
+        question = _question(key[0], spec, uri)
+        if entry is None or entry.future is None:
+            with self._lock:
+                shared = self._answers.get(question)
+            if shared is not None and now - shared[1] < spec.refresh_seconds:
+                # someone asked the same question recently enough: their answer is ours
+                result = Resolution(identity, shared[0], None, shared[1] + spec.refresh_seconds)
+                with self._lock:
+                    self._entries[entry_key] = _Entry(result)
+                return result
         if entry is not None and entry.future is not None:
             future = entry.future
         else:
             try:
                 creds = self.credentials(key[0], spec)
             except RegistryError as exc:
-                return self._record(entry_key, identity, None, exc, spec, now)
+                return self._record(entry_key, identity, None, exc, spec, now, question)
             future = self._ask(key, entry_key, identity, spec, ref, creds)
         if not wait(future, self.settings.outbound_wait_seconds):
             previous = entry.resolution if entry is not None else Resolution(identity, None, None, now)
@@ -131,13 +153,14 @@ class Resolver:
         if error is not None and not isinstance(error, RegistryError):
             log.error("Resolving %s for %s/%s failed unexpectedly: %r", uri, *key, error)
             error = RegistryUnreachable(f"resolving failed unexpectedly ({type(error).__name__})")
-        return self._record(entry_key, identity, None if error else future.result(), error, spec, now)
+        return self._record(entry_key, identity, None if error else future.result(), error, spec, now, question)
 
     def _ask(self, key: Key, entry_key: tuple[str, str, str], identity: Identity, spec: DeploymentSpec,
              ref: ModelRef, creds: Credentials | None) -> concurrent.futures.Future[Any]:
         tracking = spec.tracking
 
         async def call(session: aiohttp.ClientSession) -> ResolvedModel:
+            metrics.REGISTRY_CALLS.labels(host=tracking.origin).inc()
             return await Registry(tracking, creds, session).resolve(ref)
 
         def answered(future: concurrent.futures.Future[Any]) -> None:
@@ -153,12 +176,14 @@ class Resolver:
 
     def _record(self, entry_key: tuple[str, str, str], identity: Identity,
                 resolved: ResolvedModel | None, error: BaseException | None, spec: DeploymentSpec,
-                now: float) -> Resolution:
+                now: float, question: Question) -> Resolution:
         with self._lock:
             entry = self._entries.get(entry_key)
         previous = entry.resolution if entry is not None and entry.resolution.identity == identity else None
         if error is None:
+            assert resolved is not None
             result = Resolution(identity, resolved, None, now + spec.refresh_seconds)
+            self._share(question, resolved, now)
         else:
             assert isinstance(error, RegistryError)
             failures = (previous.failures if previous else 0) + 1
@@ -173,10 +198,23 @@ class Resolver:
             self._entries[entry_key] = _Entry(result)
         return result
 
+    def _share(self, question: Question, resolved: ResolvedModel, now: float) -> None:
+        with self._lock:
+            self._answers[question] = (resolved, now)
+            if len(self._answers) > MAX_SHARED_ANSWERS:
+                oldest = sorted(self._answers, key=lambda q: self._answers[q][1])
+                for q in oldest[: len(oldest) // 4]:
+                    del self._answers[q]
+
     def forget(self, key: Key) -> None:
         with self._lock:
             for track in ("stable", "canary"):
                 self._entries.pop((*key, track), None)
+
+
+def _question(namespace: str, spec: DeploymentSpec, uri: str) -> Question:
+    scope = (namespace, spec.credentials_secret) if spec.credentials_secret else None
+    return (spec.tracking_uri, uri, scope)
 
 
 def _digest(creds: Credentials | None) -> str:

@@ -52,7 +52,7 @@ def installed(control_plane: ControlPlane, mlflow_server: MlflowServer) -> Itera
 
 def test_helm_install_creates_the_operator(installed: str, kube: Kube) -> None:
     dep = kube.get("apps/v1", "Deployment", installed, SA)
-    assert dep is not None and dep["status"].get("readyReplicas") == 1
+    assert dep is not None and dep["status"].get("readyReplicas") == 2  # a leader and a standby
     assert kube.get("v1", "Service", installed, f"{SA}-metrics") is not None
 
 
@@ -89,6 +89,9 @@ def test_operator_scenario_with_the_charts_serviceaccount(
         mlflow_server: MlflowServer, namespace: str, model_name: str, tmp_path: Path) -> None:
     kubeconfig = _token_kubeconfig(control_plane, installed, tmp_path / "sa-kubeconfig")
     limited = Operator(tmp_path, kubeconfig, mlflow_server.url)
+    # as the chart runs it: electing itself leader on the release's Lease
+    limited.env.update(MODELPILOT_LEADER_ELECTION="true", MODELPILOT_LEADER_ELECTION_NAMESPACE=installed,
+                       MODELPILOT_LEADER_ELECTION_ID=SA)
     # one operator at a time: the admin one would mask missing permissions
     with limited.in_place_of(operator):
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mlflow-auth", "namespace": namespace},

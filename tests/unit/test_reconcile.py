@@ -216,6 +216,46 @@ def test_the_platform_token_never_goes_to_a_registry_the_tenant_chose(kube: Fake
         platform.close()
 
 
+def _alias_calls(mlflow: FakeMlflow) -> list[tuple[str, str | None]]:
+    return [(path, auth) for path, auth in mlflow.requests if "/registered-models/alias" in path]
+
+
+def test_one_registry_call_per_alias_per_interval_however_many_share_it(world: Harness) -> None:
+    names = [f"m{i}" for i in range(20)]
+    for name in names:
+        world.apply(name, refreshInterval="30s")
+        world.reconcile(name)
+        world.advance(1)  # created over 20 s: each one's answer falls due at a different time
+    assert len(_alias_calls(world.mlflow)) == 1
+    world.mlflow.set_alias("fraud", "champion", "2")
+    world.advance(31)
+    for name in names:
+        world.reconcile(name)
+    assert len(_alias_calls(world.mlflow)) == 2, "one call per interval for all twenty"
+    for name in names:
+        dep = world.kube.get("apps/v1", "Deployment", NS, name)
+        assert dep is not None and dep["spec"]["template"]["metadata"]["labels"]["modelpilot.dev/model-version"] == "2"
+
+
+def test_answers_obtained_with_credentials_are_shared_only_with_the_same_secret_of_the_same_namespace(
+        world: Harness, kube: FakeKube) -> None:
+    for ns in (NS, "team-b"):
+        kube.secrets[(ns, "s1")] = {"token": f"{ns}-S1"}
+    kube.secrets[(NS, "s2")] = {"token": "S2"}
+    world.apply("open")
+    world.apply("s1", registry={"credentialsSecretRef": {"name": "s1"}})
+    world.apply("s1-again", registry={"credentialsSecretRef": {"name": "s1"}})
+    world.apply("s2", registry={"credentialsSecretRef": {"name": "s2"}})
+    kube.create({"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
+                 "metadata": {"name": "s1", "namespace": "team-b"},
+                 "spec": {"model": {"uri": "models:/fraud@champion"}, "registry": {"credentialsSecretRef": {"name": "s1"}}}})
+    for name in ("open", "s1", "s1-again", "s2"):
+        world.reconcile(name)
+    world.reconciler.reconcile("team-b", "s1")
+    assert sorted(auth or "" for _, auth in _alias_calls(world.mlflow)) == [
+        "", "Bearer S2", f"Bearer {NS}-S1", "Bearer team-b-S1"]
+
+
 def test_a_registry_outside_the_allowlist_is_an_invalid_spec(kube: FakeKube, mlflow: FakeMlflow) -> None:
     world = Harness(kube, mlflow, allowed_registry_urls=("https://mlflow.platform.svc",))
     try:
