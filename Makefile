@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .dev
 PYTEST_ARGS ?=
 
-.PHONY: help crd venv binaries system-packages images dev-up dev-down dev-status install run demo test lint unit bench image image-gpu kind-demo clean
+.PHONY: help crd venv binaries system-packages images dev-up dev-down dev-status install run demo test lint unit bench bench-operator image image-gpu kind-demo clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench: venv ## modelpilot-serve vs `mlflow models serve` vs MLServer, side by si
 	  "scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')" \
 	  "skops==$$($(PY) -c 'import skops; print(skops.__version__)')")
 	$(PY) bench/bench.py
+
+bench-operator: venv binaries ## the operator with 1,000 ModelDeployments on kwok nodes (SIZES=1000,5000 for more); one table
+	$(PY) bench/operator_bench.py --sizes $(or $(SIZES),1000)
 
 image: ## build the CPU scoring-server image with docker (where Docker exists)
 	docker build -f serving-image/Dockerfile -t modelpilot/scoring-server:0.1.0 .

@@ -46,6 +46,9 @@ class Settings:
     server_tmp_size_limit: str = "20Gi"
     #: Default `spec.refreshInterval` in seconds: how often aliases are re-resolved.
     default_refresh_seconds: float = 60.0
+    #: Every ModelDeployment is reconciled at least this often (seconds), even when nothing told the
+    #: operator that anything changed (e.g. someone edited a Service it owns).
+    resync_seconds: float = 600.0
     #: Total deadline of each registry call (connect, headers, body), in seconds.
     registry_timeout_seconds: float = 10.0
     #: Calls in flight at once to one registry or Prometheus host; more wait behind them, so one

@@ -73,6 +73,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                             error_delay=lambda _k, n: error_backoff(config.retry_base_seconds, n))
     state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_threadsafe)
     state.reconciler.outbound.start()
+    state.reconciler.resolver.start_refresher()
     if config.leader_election:
         namespace = config.leader_election_namespace or own_namespace()
         if not namespace:
@@ -101,6 +102,7 @@ async def cleanup(**_: Any) -> None:
     if state.queue is not None:
         state.queue.shutdown()
     if state.reconciler is not None:
+        state.reconciler.resolver.stop_refresher()
         state.reconciler.outbound.stop()
     if state.elector is not None:
         await asyncio.to_thread(state.elector.release)

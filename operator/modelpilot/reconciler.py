@@ -96,7 +96,12 @@ class Reconciler:
 
         if applied.failure is not None:
             raise Retry(f"the API server refused {applied.failure[0]}")
-        delays = [min(r.next_at for r in (stable, canary) if r is not None) - self.clock()]
+        # A healthy answer the refresher follows needs no timer here: it enqueues us when it changes.
+        now = self.clock()
+        delays = [self.settings.resync_seconds]
+        for track, r in ((STABLE, stable), (CANARY, canary)):
+            if r is not None and (r.problem is not None or r.pending or not self.resolver.following(key, track)):
+                delays.append(r.next_at - now)
         if decision.rollout.requeue is not None:
             delays.append(decision.rollout.requeue)
         if applied.conflicts:
@@ -107,6 +112,7 @@ class Reconciler:
         stable = self.resolver.lookup(key, STABLE, spec, spec.model_uri, spec.model)
         canary = spec.canary
         if canary is None or canary.model is None or not canary.model_uri:
+            self.resolver.answers.unfollow(key, CANARY)
             return stable, None
         return stable, self.resolver.lookup(key, CANARY, spec, canary.model_uri, canary.model)
 

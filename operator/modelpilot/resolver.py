@@ -6,11 +6,11 @@ waits a moment for it and otherwise goes on with what it knew; the answer re-enq
 slow registry never holds a reconcile worker, and identical questions asked at once (same registry,
 URI and credentials) share one call.
 
-Answers are shared too: a ModelDeployment whose answer is due first takes a successful answer to the
-same question (registry, URI, and the same credentials Secret of the same namespace, or none) that is
-younger than its own refresh interval. A thousand ModelDeployments following one alias then cost one
-registry call per interval, and all of them move together when it moves. An answer obtained with a
-tenant's credentials is never given to another namespace.
+Answers are shared (see answers.py): a ModelDeployment takes a successful answer to the same
+question that is younger than its own refresh interval, and once it has an answer it *follows* the
+question: the refresher (`refresh_due`, run every second by the operator) asks each followed
+question again when due and enqueues its followers only when the answer changed or the registry
+failed. So while nothing moves, refreshes cost one registry call per question and no reconcile.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from . import metrics
+from .answers import Answers, Question
 from .config import Settings
 from .observe import Problem
 from .outbound import Outbound, wait
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 SecretReader = Callable[[str, str], dict[str, str] | None]
 Identity = tuple[str, str, str | None]
-#: (tracking URL, model URI, (namespace, Secret name) or None): who may share an answer.
-Question = tuple[str, str, tuple[str, str] | None]
-#: Shared answers kept at most; older ones are dropped first when there are more.
-MAX_SHARED_ANSWERS = 20_000
 
 
 class CredentialsInvalid(RegistryError):
@@ -87,9 +84,11 @@ class Resolver:
         self.on_answer = on_answer
         self.clock = clock
         self._entries: dict[tuple[str, str, str], _Entry] = {}
-        #: The last successful answer to each question, and when it came.
-        self._answers: dict[Question, tuple[ResolvedModel, float]] = {}
+        self.answers = Answers(clock, on_answer)
         self._lock = threading.Lock()
+        #: True while a refresher keeps followed answers fresh (start_refresher; tests call refresh_due).
+        self.refreshing = False
+        self._stop = threading.Event()
 
     def credentials(self, namespace: str, spec: DeploymentSpec) -> Credentials | None:
         if not spec.credentials_secret:
@@ -124,13 +123,13 @@ class Resolver:
             return entry.resolution
         question = _question(key[0], spec, uri)
         if entry is None or entry.future is None:
-            with self._lock:
-                shared = self._answers.get(question)
-            if shared is not None and now - shared[1] < spec.refresh_seconds:
+            shared = self.answers.fresh(question, spec.refresh_seconds)
+            if shared is not None:
                 # someone asked the same question recently enough: their answer is ours
                 result = Resolution(identity, shared[0], None, shared[1] + spec.refresh_seconds)
                 with self._lock:
                     self._entries[entry_key] = _Entry(result)
+                self.answers.follow((key, track), question, spec.refresh_seconds, (key[0], spec, uri, ref))
                 return result
         if entry is not None and entry.future is not None:
             future = entry.future
@@ -153,7 +152,10 @@ class Resolver:
         if error is not None and not isinstance(error, RegistryError):
             log.error("Resolving %s for %s/%s failed unexpectedly: %r", uri, *key, error)
             error = RegistryUnreachable(f"resolving failed unexpectedly ({type(error).__name__})")
-        return self._record(entry_key, identity, None if error else future.result(), error, spec, now, question)
+        result = self._record(entry_key, identity, None if error else future.result(), error, spec, now, question)
+        if result.problem is None:
+            self.answers.follow((key, track), question, spec.refresh_seconds, (key[0], spec, uri, ref))
+        return result
 
     def _ask(self, key: Key, entry_key: tuple[str, str, str], identity: Identity, spec: DeploymentSpec,
              ref: ModelRef, creds: Credentials | None) -> concurrent.futures.Future[Any]:
@@ -183,7 +185,7 @@ class Resolver:
         if error is None:
             assert resolved is not None
             result = Resolution(identity, resolved, None, now + spec.refresh_seconds)
-            self._share(question, resolved, now)
+            self.answers.put(question, resolved, now)
         else:
             assert isinstance(error, RegistryError)
             failures = (previous.failures if previous else 0) + 1
@@ -198,18 +200,55 @@ class Resolver:
             self._entries[entry_key] = _Entry(result)
         return result
 
-    def _share(self, question: Question, resolved: ResolvedModel, now: float) -> None:
-        with self._lock:
-            self._answers[question] = (resolved, now)
-            if len(self._answers) > MAX_SHARED_ANSWERS:
-                oldest = sorted(self._answers, key=lambda q: self._answers[q][1])
-                for q in oldest[: len(oldest) // 4]:
-                    del self._answers[q]
+    # -- the refresher: followed questions asked again when due ------------------------------------
+    def refresh_due(self) -> int:
+        """Ask every followed question whose answer is due (answers arrive on the outbound thread)."""
+        due = self.answers.due()
+        for question, (namespace, spec, uri, ref) in due:
+            try:
+                creds = self.credentials(namespace, spec)
+            except RegistryError:
+                self.answers.answered(question, None)
+                continue
+            identity = (uri, spec.tracking_uri, spec.credentials_secret)
+            tracking = spec.tracking
+
+            async def call(session: aiohttp.ClientSession, tracking: Any = tracking, creds: Any = creds,
+                           ref: ModelRef = ref) -> ResolvedModel:
+                metrics.REGISTRY_CALLS.labels(host=tracking.origin).inc()
+                return await Registry(tracking, creds, session).resolve(ref)
+
+            def done(future: concurrent.futures.Future[Any], question: Question = question) -> None:
+                ok = not future.cancelled() and future.exception() is None
+                self.answers.answered(question, future.result() if ok else None)
+
+            self.outbound.submit(("registry", identity, _digest(creds)), tracking.origin,
+                                 self.settings.registry_timeout_seconds, call, done)
+        return len(due)
+
+    def start_refresher(self, every: float = 1.0) -> None:
+        def run() -> None:
+            while not self._stop.wait(every):
+                try:
+                    self.refresh_due()
+                except Exception:
+                    log.exception("Refreshing registry answers failed")
+
+        self.refreshing = True
+        threading.Thread(target=run, name="refresher", daemon=True).start()
+
+    def stop_refresher(self) -> None:
+        self._stop.set()
+
+    def following(self, key: Key, track: str) -> bool:
+        """Whether this ModelDeployment's answer for `track` is kept fresh by the refresher."""
+        return self.refreshing and self.answers.follows((key, track))
 
     def forget(self, key: Key) -> None:
         with self._lock:
             for track in ("stable", "canary"):
                 self._entries.pop((*key, track), None)
+        self.answers.unfollow(key)
 
 
 def _question(namespace: str, spec: DeploymentSpec, uri: str) -> Question:

@@ -87,10 +87,16 @@ def test_the_helm_installed_operator_serves_a_model(
     try:
         assert out.returncode == 0, out.stderr + "\n" + control_plane.kubectl(
             "describe", "pods", "-n", release_ns, check=False).stdout[-3000:]
-        (pod,) = operator_pods(kube, release_ns)
-        assert pod["spec"]["nodeName"] == NODE_NAME, "the operator really runs (on the real node)"
-        assert pod["spec"]["containers"][0]["image"] == operator_image
-        assert all(c["ready"] for c in pod["status"]["containerStatuses"]), "its probes pass"
+        pods = operator_pods(kube, release_ns)
+        assert len(pods) == 2, "two replicas by default: a leader and a standby"
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == NODE_NAME, "the operator really runs (on the real node)"
+            assert pod["spec"]["containers"][0]["image"] == operator_image
+            assert all(c["ready"] for c in pod["status"]["containerStatuses"]), "its probes pass"
+        lease = wait_for(lambda: (kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{release_ns}/leases/"
+                                               "mp-modelpilot") or {}).get("spec", {}).get("holderIdentity"),
+                         60, "a leader")
+        pod = next(p for p in pods if lease.startswith(p["metadata"]["name"] + "_"))
 
         v1 = node_registry.register(model_name, alias="champion", seed=0)
         data = frame(50, seed=5)
@@ -117,10 +123,13 @@ def test_the_helm_installed_operator_serves_a_model(
             assert kube.get("apps/v1", "Deployment", other, "fraud") is None
         else:
             wait_ready(kube, other, "fraud", timeout=240, version=v1)
-        logs = control_plane.kubectl("logs", "-n", release_ns, pod["metadata"]["name"]).stdout
-        assert "modelpilot operator started" in logs and "Traceback" not in logs, logs[-3000:]
-        (pod,) = operator_pods(kube, release_ns)
-        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0, "it never crashed"
+        leaders = 0
+        for each in operator_pods(kube, release_ns):
+            logs = control_plane.kubectl("logs", "-n", release_ns, each["metadata"]["name"]).stdout
+            assert "modelpilot operator started" in logs and "Traceback" not in logs, logs[-3000:]
+            leaders += "Became the leader" in logs
+            assert each["status"]["containerStatuses"][0]["restartCount"] == 0, "it never crashed"
+        assert leaders == 1
     finally:
         for ns in (team, other):
             control_plane.kubectl("delete", "mdep", "--all", "-n", ns, "--wait=true", "--timeout=60s", check=False)

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from hack.proc import wait_for
+
 from modelpilot.reconciler import CONFLICT_RETRY_SECONDS
 from modelpilot.workqueue import Retry, error_backoff
 from tests.fakes.harness import NS, Harness
@@ -235,6 +237,35 @@ def test_one_registry_call_per_alias_per_interval_however_many_share_it(world: H
     for name in names:
         dep = world.kube.get("apps/v1", "Deployment", NS, name)
         assert dep is not None and dep["spec"]["template"]["metadata"]["labels"]["modelpilot.dev/model-version"] == "2"
+
+
+def test_the_refresher_asks_once_per_interval_and_enqueues_followers_only_when_the_answer_moves(
+        world: Harness) -> None:
+    resolver = world.reconciler.resolver
+    resolver.refreshing = True  # as the operator runs it (its thread calls refresh_due every second)
+    names = [f"m{i}" for i in range(10)]
+    for name in names:
+        world.apply(name, refreshInterval="30s")
+        world.converge(name)
+    assert world.reconcile("m0") == world.settings.resync_seconds, "no timer per ModelDeployment"
+
+    def refresh() -> None:
+        world.enqueued.clear()
+        assert resolver.refresh_due() == 1, "one question, however many follow it"
+        wait_for(lambda: not resolver.answers.asking(), 5, "the refresher's answer")
+
+    world.advance(31)
+    refresh()
+    assert world.enqueued == [] and len(_alias_calls(world.mlflow)) == 2, "same answer: nobody is disturbed"
+    world.mlflow.set_alias("fraud", "champion", "2")
+    world.advance(31)
+    refresh()
+    assert sorted(world.enqueued) == sorted((NS, n) for n in names)
+    for name in names:
+        world.reconcile(name)
+        dep = world.kube.get("apps/v1", "Deployment", NS, name)
+        assert dep is not None and dep["spec"]["template"]["metadata"]["labels"]["modelpilot.dev/model-version"] == "2"
+    assert len(_alias_calls(world.mlflow)) == 3
 
 
 def test_answers_obtained_with_credentials_are_shared_only_with_the_same_secret_of_the_same_namespace(

@@ -1,0 +1,256 @@
+"""`make bench-operator`: the operator with a fleet of ModelDeployments, one table.
+
+Setup (as in issue 11's measurements): the local control plane with kwok nodes that have room for the
+pods, a real `mlflow server` with one registered model whose alias `live` every ModelDeployment
+follows (refreshInterval 60 s, the default), and the operator (`modelpilot-operator -A`, defaults)
+as a plain process. The operator authenticates with a ServiceAccount token so that the API server's
+audit log records its every request: writes are counted there, not by the operator itself. Registry
+calls are counted from the MLflow server's own access log.
+
+For each size (default 1000; `--sizes 1000,5000`):
+  1. create N ModelDeployments in a burst; time until every one is ModelResolved=True, then Ready;
+  2. steady state over `--window` seconds with nothing changing: API writes, API reads, registry
+     calls, reconciles, operator CPU;
+  3. move the alias in MLflow; time until every Deployment's pod template names the new version;
+  4. operator RSS.
+The "previous design" column is what issue 11 measured on the earlier design at 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hack.controlplane import ControlPlane, ensure_binaries, kwok_node  # noqa: E402
+from hack.proc import Processes, free_port, log, wait_for  # noqa: E402
+from hack.services import MlflowServer  # noqa: E402
+
+NS = "bench"
+OP_NS = "modelpilot-bench-system"
+SA = "operator"
+MODEL = "bench-model"
+MDEP = "/apis/modelpilot.dev/v1alpha1/namespaces/bench/modeldeployments"
+WRITES = {"create", "update", "patch", "delete"}
+PREVIOUS_AT_1000 = {"resolved": "77 s", "ready": "234 s", "writes": "(2 applies per reconcile)",
+                    "registry": "1,000+ (one per ModelDeployment)", "reconciles": "1,271", "cpu": "25 %",
+                    "alias": "107 s", "rss": "97 MiB"}
+
+
+def kube_client(kubeconfig: Path) -> Any:
+    from kubernetes import config as kube_config
+    from kubernetes.client import Configuration
+
+    from modelpilot.kube import Kube
+
+    cfg = Configuration()
+    kube_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    return Kube(cfg, counted=False)
+
+
+def token_kubeconfig(cp: ControlPlane, path: Path) -> Path:
+    cp.kubectl("create", "namespace", OP_NS)
+    cp.kubectl("create", "serviceaccount", SA, "-n", OP_NS)
+    cp.kubectl("create", "clusterrolebinding", "bench-operator", "--clusterrole=cluster-admin",
+               f"--serviceaccount={OP_NS}:{SA}")
+    token = cp.kubectl("create", "token", SA, "-n", OP_NS, "--duration", "6h").stdout.strip()
+    admin = json.loads(cp.kubeconfig_path.read_text())
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+    }))
+    return path
+
+
+class Audit:
+    """The operator's requests, from the API server's audit log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.user = f"system:serviceaccount:{OP_NS}:{SA}"
+
+    def offset(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def since(self, offset: int) -> dict[str, int]:
+        verbs: dict[str, int] = {}
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            for line in f:
+                event = json.loads(line)
+                if event.get("user", {}).get("username") == self.user and event.get("stage") == "ResponseComplete":
+                    verbs[event["verb"]] = verbs.get(event["verb"], 0) + 1
+        return verbs
+
+
+def registry_calls(mlflow_log: Path, offset: int) -> int:
+    with open(mlflow_log, "rb") as f:
+        f.seek(offset)
+        return sum(1 for line in f if b"GET /api/2.0/mlflow/registered-models/alias" in line)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def metric(port: int, name: str) -> float:
+    import requests
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def conditions_true(items: list[dict[str, Any]], type_: str) -> int:
+    return sum(1 for o in items if any(c.get("type") == type_ and c.get("status") == "True"
+                                       for c in (o.get("status") or {}).get("conditions") or []))
+
+
+def run_size(n: int, cp: ControlPlane, kube: Any, mlflow: MlflowServer, op_port: int, pid: int,
+             window: float, refresh: float) -> dict[str, str]:
+    from hack.controlplane import simulated_node_tolerations
+    from hack.sample_model import register
+
+    row: dict[str, str] = {}
+    v1 = register(mlflow.url, MODEL, "live", trees=2, seed=0, features=4)
+    cp.kubectl("create", "namespace", NS)
+
+    def create(i: int) -> None:
+        kube.request("POST", MDEP, {
+            "apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": f"m{i:05d}", "namespace": NS},
+            "spec": {"model": {"uri": f"models:/{MODEL}@live"}, "tolerations": simulated_node_tolerations()}})
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(create, range(n)))
+    created = time.monotonic()
+    log(f"{n} ModelDeployments created in {created - started:.0f}s")
+    resolved_at = ready_at = None
+    while ready_at is None and time.monotonic() - created < 1800:
+        items = kube.request("GET", MDEP)["items"]
+        if resolved_at is None and conditions_true(items, "ModelResolved") == n:
+            resolved_at = time.monotonic()
+        if conditions_true(items, "Ready") == n:
+            ready_at = time.monotonic()
+        time.sleep(0.5)
+    row["resolved"] = f"{resolved_at - created:.0f} s" if resolved_at else "not within 30 min"
+    row["ready"] = f"{ready_at - created:.0f} s" if ready_at else "not within 30 min"
+    log(f"resolved after {row['resolved']}, Ready after {row['ready']}")
+
+    time.sleep(15)  # let Deployment status updates settle
+    audit = Audit(cp.audit_log)
+    mlflow_log = mlflow.dir / "logs" / "mlflow.log"
+    a0, m0 = audit.offset(), mlflow_log.stat().st_size
+    r0, c0 = metric(op_port, "modelpilot_reconciles_total"), cpu_seconds(pid)
+    time.sleep(window)
+    verbs = audit.since(a0)
+    writes = sum(v for k, v in verbs.items() if k in WRITES)
+    reads = sum(v for k, v in verbs.items() if k not in WRITES)
+    calls = registry_calls(mlflow_log, m0)
+    minutes = window / 60
+    row["writes"] = f"{writes} in {window:.0f} s ({', '.join(f'{k} {v}' for k, v in sorted(verbs.items()))})"
+    row["reads"] = f"{reads / minutes:.0f} / min"
+    row["registry"] = f"{calls} in {window:.0f} s (refresh {refresh:.0f} s)"
+    row["reconciles"] = f"{(metric(op_port, 'modelpilot_reconciles_total') - r0) / minutes:.0f} / min"
+    row["cpu"] = f"{(cpu_seconds(pid) - c0) / window * 100:.1f} %"
+    log(f"steady state: {row}")
+
+    v2 = register(mlflow.url, MODEL, None, trees=2, seed=1, features=4)
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=mlflow.url, registry_uri=mlflow.url).set_registered_model_alias(MODEL, "live", v2)
+    moved = time.monotonic()
+    selector = "app.kubernetes.io/managed-by=modelpilot"
+    done_at = None
+    while done_at is None and time.monotonic() - moved < 600:
+        deps = kube.request("GET", f"/apis/apps/v1/namespaces/{NS}/deployments",
+                            params={"labelSelector": selector})["items"]
+        on_v2 = sum(1 for d in deps
+                    if d["spec"]["template"]["metadata"]["labels"].get("modelpilot.dev/model-version") == v2)
+        if on_v2 == n:
+            done_at = time.monotonic()
+        time.sleep(0.5)
+    row["alias"] = f"{done_at - moved:.0f} s (target ≤ {refresh + (5 if n <= 1000 else 15):.0f} s)" \
+        if done_at else "not within 10 min"
+    row["rss"] = f"{rss_mib(pid):.0f} MiB"
+    log(f"alias move: {row['alias']}; RSS {row['rss']}; v1={v1}")
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000", help="comma-separated fleet sizes (default 1000)")
+    parser.add_argument("--window", type=float, default=60, help="steady-state window in seconds")
+    parser.add_argument("--state", type=Path, default=REPO / ".bench" / "operator")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    refresh = 60.0
+    results: dict[int, dict[str, str]] = {}
+    for n in sizes:
+        state = args.state / str(n)
+        shutil.rmtree(state, ignore_errors=True)
+        cp = ControlPlane(state, ensure_binaries())
+        cp.start()
+        mlflow = MlflowServer(state)
+        procs = Processes(state / "operator")
+        try:
+            cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+            wait_for(lambda: cp.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0, 30, "the CRD")
+            for i in range(n // 100 + 2):  # 110 pods each: room for every pod
+                cp.kubectl("apply", "-f", "-", input=json.dumps(kwok_node(f"bench-{i}", 0)))
+            mlflow.start()
+            kubeconfig = token_kubeconfig(cp, state / "operator-kubeconfig")
+            op_port, live_port = free_port(), free_port()
+            proc = procs.start("operator", [sys.executable, "-m", "modelpilot.cli", "-A", "--metrics-port",
+                                            str(op_port), "--liveness-port", str(live_port)],
+                               env={"KUBECONFIG": str(kubeconfig), "MODELPILOT_DEFAULT_TRACKING_URI": mlflow.url})
+            wait_for(lambda: metric(op_port, "modelpilot_leader") == 1, 60, "the operator")
+            results[n] = run_size(n, cp, kube_client(cp.kubeconfig_path), mlflow, op_port, proc.pid,
+                                  args.window, refresh)
+        finally:
+            procs.stop("operator")
+            mlflow.stop()
+            cp.stop()
+
+    rows = [("create burst → all ModelResolved", "resolved", "≤ 20 s at 1,000; ≤ 90 s at 5,000"),
+            ("create burst → all Ready", "ready", "-"),
+            ("steady state: API writes", "writes", "0"),
+            ("steady state: API reads", "reads", "-"),
+            ("steady state: registry calls (MLflow's log)", "registry", "≤ 1 per refresh interval"),
+            ("steady state: reconciles", "reconciles", "-"),
+            ("steady state: operator CPU (one core = 100 %)", "cpu", "≤ 3 % at 1,000"),
+            ("alias move (polling) → every Deployment", "alias", "≤ refresh + 5 s (1,000), + 15 s (5,000)"),
+            ("operator RSS", "rss", "≤ 250 MiB at 5,000")]
+    head = ["", "target", *(f"{n:,} ModelDeployments" for n in sizes), "previous design at 1,000"]
+    table = [head] + [[label, target, *(results[n].get(key, "-") for n in sizes), PREVIOUS_AT_1000.get(key, "-")]
+                      for label, key, target in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    print()
+    for i, r in enumerate(table):
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        if i == 0:
+            print("-+-".join("-" * w for w in widths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
