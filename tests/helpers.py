@@ -121,6 +121,12 @@ class Operator:
                 return float(value)
         return 0.0
 
+    def metric_sum(self, name: str) -> float:
+        """The sum of every series of a metric (0 when there is none)."""
+        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+
     def reconciles(self, namespace: str, name: str, offset: int = 0) -> int:
         """How many reconciles of namespace/name finished since log offset `offset`."""
         return self.logs_since(offset).count(f"Reconciled {namespace}/{name} ")

@@ -269,8 +269,10 @@ def test_operator_restart_does_not_write_converged_children(
     before = settled_versions(kube, namespace, everything)
     offset = operator.log_size()
     operator.restart()
-    # the restarted operator reconciled on resume and refreshed at least twice (its own log says so)
-    operator.wait_reconciles(namespace, "m", 3, offset)
+    # the restarted operator reconciled on resume (its own log says so) and asked the registry again
+    # at least twice (its refresher, every refreshInterval)
+    operator.wait_reconciles(namespace, "m", 1, offset)
+    wait_for(lambda: operator.metric_sum("modelpilot_registry_requests_total") >= 3, 30, "two refreshes")
     after = {kind: kube.get(api, kind, namespace, "m")["metadata"]["resourceVersion"]  # type: ignore[index]
              for api, kind in everything}
     assert after == before, "a restart must not write to converged objects"
