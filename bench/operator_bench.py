@@ -95,10 +95,19 @@ class Audit:
         return verbs
 
 
-def registry_calls(mlflow_log: Path, offset: int) -> int:
-    with open(mlflow_log, "rb") as f:
-        f.seek(offset)
-        return sum(1 for line in f if b"GET /api/2.0/mlflow/registered-models/alias" in line)
+def registry_calls(mlflow_log: Path, start: float, end: float) -> int:
+    """Alias lookups MLflow logged between two wall-clock times (its log lines carry timestamps; the
+    file is written with some delay, so read it a while after `end`)."""
+    count = 0
+    for line in mlflow_log.read_text(errors="replace").splitlines():
+        if "GET /api/2.0/mlflow/registered-models/alias" not in line:
+            continue
+        try:
+            at = time.mktime(time.strptime(line[:19], "%Y/%m/%d %H:%M:%S")) - time.timezone
+        except ValueError:
+            continue
+        count += start <= at < end
+    return count
 
 
 def cpu_seconds(pid: int) -> float:
@@ -159,19 +168,20 @@ def run_size(n: int, cp: ControlPlane, kube: Any, mlflow: MlflowServer, op_port:
     time.sleep(15)  # let Deployment status updates settle
     audit = Audit(cp.audit_log)
     mlflow_log = mlflow.dir / "logs" / "mlflow.log"
-    a0, m0 = audit.offset(), mlflow_log.stat().st_size
+    a0, w0 = audit.offset(), time.time()
     r0, c0 = metric(op_port, "modelpilot_reconciles_total"), cpu_seconds(pid)
     time.sleep(window)
+    w1 = time.time()
     verbs = audit.since(a0)
     writes = sum(v for k, v in verbs.items() if k in WRITES)
-    reads = sum(v for k, v in verbs.items() if k not in WRITES)
-    calls = registry_calls(mlflow_log, m0)
+    reads = {k: v for k, v in verbs.items() if k not in WRITES}
     minutes = window / 60
-    row["writes"] = f"{writes} in {window:.0f} s ({', '.join(f'{k} {v}' for k, v in sorted(verbs.items()))})"
-    row["reads"] = f"{reads / minutes:.0f} / min"
-    row["registry"] = f"{calls} in {window:.0f} s (refresh {refresh:.0f} s)"
+    row["writes"] = f"{writes} in {window:.0f} s"
+    row["reads"] = f"{sum(reads.values()) / minutes:.0f} / min ({', '.join(f'{k} {v}' for k, v in sorted(reads.items()))})"
     row["reconciles"] = f"{(metric(op_port, 'modelpilot_reconciles_total') - r0) / minutes:.0f} / min"
     row["cpu"] = f"{(cpu_seconds(pid) - c0) / window * 100:.1f} %"
+    time.sleep(5)  # MLflow's log reaches the file a little later
+    row["registry"] = f"{registry_calls(mlflow_log, w0, w1)} in {window:.0f} s (refresh {refresh:.0f} s)"
     log(f"steady state: {row}")
 
     v2 = register(mlflow.url, MODEL, None, trees=2, seed=1, features=4)
