@@ -29,9 +29,19 @@ from typing import Any
 
 import orjson
 
-from . import health, metrics, protocol, v2
+from . import errors, health, httpproto, metrics, protocol, v2
 from .batcher import Batcher, Result, Runner
-from .errors import BadRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, ServingError, Timeout
+from .errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServingError,
+    Timeout,
+)
 from .loader import LoadedModel, load, name_from_uri, version_from_uri
 from .settings import ServeSettings
 
@@ -67,6 +77,10 @@ def encode_mlflow(result: Result) -> bytes:
 class ScoringApp:
     def __init__(self, settings: ServeSettings, model: LoadedModel | None = None) -> None:
         self.settings = settings
+        errors.EXPOSE_MODEL_ERRORS = settings.expose_errors
+        httpproto.configure(max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
+                            max_connections=settings.max_connections)
+        self._predicting = 0
         self.model: LoadedModel | None = None
         self.load_error: str | None = None
         self.batcher: Batcher | None = None
@@ -173,7 +187,7 @@ class ScoringApp:
             else:
                 raise NotFound(f"no route for {path}; try POST /invocations or /v2/models/{self.name}/infer")
         except ServingError as exc:
-            await _send(send, exc.status, exc.body(), JSON)
+            await _send(send, exc.status, exc.body(), JSON, exc.headers)
         except ClientGone:
             return
         except Exception:
@@ -195,32 +209,40 @@ class ScoringApp:
             return NotReady(f"the model failed to load: {self.load_error}")
         return NotReady("the model is still loading")
 
-    async def _answer(self, endpoint: str, send: Send, produce: Callable[[], Awaitable[bytes]]) -> None:
+    async def _answer(self, endpoint: str, send: Send, produce: Callable[[list[str]], Awaitable[bytes]]) -> None:
         """Run one prediction endpoint: readiness, errors → JSON, in-flight gauge, latency, status counts."""
         started = time.perf_counter()
         self._in_flight.inc()
+        self._predicting += 1
         status = 500
+        phase = ["body"]
         try:
             if not self.ready:
                 raise self._not_ready()
+            if self._predicting > self.settings.max_in_flight:
+                raise Overloaded(f"over {self.settings.max_in_flight} requests in progress; retry shortly")
             try:
                 async with asyncio.timeout(self.settings.request_timeout):
-                    body = await produce()
+                    body = await produce(phase)
             except TimeoutError:
+                if phase[0] == "body":
+                    raise RequestTimeout(f"the request body did not arrive within {self.settings.request_timeout:g}s"
+                                         ) from None
                 raise Timeout(f"no answer within the request timeout of {self.settings.request_timeout:g}s"
                               ) from None
             status = 200
             await _send(send, 200, body, JSON)
         except ServingError as exc:
             status = exc.status
-            await _send(send, status, exc.body(), JSON)
+            await _send(send, status, exc.body(), JSON, exc.headers)
         finally:
+            self._predicting -= 1
             self._in_flight.dec()
             self._observe(endpoint, status, started)
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def produce() -> bytes:
-            request, big = await self._decode(scope, receive, protocol.decode)
+        async def produce(phase: list[str]) -> bytes:
+            request, big = await self._decode(scope, receive, protocol.decode, phase)
             return await self._off_loop(big, encode_mlflow, await self._predict(request))
 
         await self._answer("invocations", send, produce)
@@ -231,11 +253,12 @@ class ScoringApp:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._codec, fn, *args)
 
-    async def _decode(self, scope: Scope, receive: Receive, decoder: Callable[[bytes, str | None], protocol.Request]
-                      ) -> tuple[protocol.Request, bool]:
+    async def _decode(self, scope: Scope, receive: Receive, decoder: Callable[[bytes, str | None], protocol.Request],
+                      phase: list[str]) -> tuple[protocol.Request, bool]:
         """The decoded request, and whether it is big (its answer is then encoded off the loop too)."""
         assert self.batcher is not None
         body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        phase[0] = "work"
         big = len(body) > OFFLOAD_BYTES
         self.batcher.arriving += 1  # complete and being decoded: a batch may wait for it
         try:
@@ -251,9 +274,7 @@ class ScoringApp:
         assert self.batcher is not None
         result = await self.batcher.submit(request)
         if result.error is not None:
-            if result.error.status >= 500:
-                log.warning("Prediction failed: %s", result.error.message)
-            raise result.error
+            raise result.error  # a model failure was logged with its error id where it was classified
         return result
 
     def _observe(self, endpoint: str, status: int, started: float) -> None:
@@ -309,7 +330,7 @@ class ScoringApp:
             raise NotFound(f"no route for {path}")
 
     async def _v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def produce() -> bytes:
+        async def produce(phase: list[str]) -> bytes:
             assert self.model is not None
             schema = self.model.input_schema
             request_id: list[str] = []
@@ -319,7 +340,7 @@ class ScoringApp:
                 request_id.append(rid or str(uuid.uuid4()))
                 return protocol.decode(orjson.dumps(doc), "application/json")
 
-            request, big = await self._decode(scope, receive, decoder)
+            request, big = await self._decode(scope, receive, decoder, phase)
             result = await self._predict(request)
 
             def encode() -> bytes:
@@ -363,9 +384,10 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+async def _send(send: Send, status: int, body: bytes, content_type: bytes,
+                extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 

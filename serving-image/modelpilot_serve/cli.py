@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -29,15 +30,31 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MODELPILOT_HEALTH_DIR"] = health_dir
         subprocess.Popen([sys.executable, "-m", "modelpilot_serve.health", "--host", settings.host,
                           "--port", str(settings.health_port), "--dir", health_dir, "--parent", str(os.getpid())])
+    # Room for the connection cap plus files: idle connections must never starve the model of fds.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = settings.max_connections + 1024
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
     import uvicorn
 
     uvicorn.run(
         "modelpilot_serve.app:create_app", factory=True, host=settings.host, port=settings.port,
+        http=_http_protocol(), timeout_keep_alive=settings.keep_alive_timeout,
         workers=settings.workers, log_level=settings.log_level, access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds), lifespan="on",
         server_header=False, date_header=False, proxy_headers=False,
     )
     return 0
+
+
+def _http_protocol() -> str:
+    """Our guarded httptools protocol (header limits, header timeout, connection cap) where httptools is
+    installed, as in the image; uvicorn's default otherwise."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "auto"
+    return "modelpilot_serve.httpproto:GuardedHttpTools"
 
 
 if __name__ == "__main__":

@@ -6,12 +6,19 @@ a traceback.
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import orjson
+
+log = logging.getLogger("modelpilot_serve")
 
 
 class ServingError(Exception):
     status = 500
     error_code = "INTERNAL_ERROR"
+    #: Extra response headers.
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -53,6 +60,17 @@ class ModelError(ServingError):
     error_code = "MODEL_ERROR"
 
 
+class RequestTimeout(ServingError):
+    status = 408
+    error_code = "REQUEST_TIMEOUT"
+
+
+class Overloaded(ServingError):
+    status = 503
+    error_code = "OVERLOADED"
+    headers = ((b"retry-after", b"1"),)
+
+
 class NotReady(ServingError):
     status = 503
     error_code = "NOT_READY"
@@ -63,25 +81,34 @@ class Timeout(ServingError):
     error_code = "TIMEOUT"
 
 
+#: MLflow error codes that mean "the request was wrong" (schema enforcement, parsing).
+CLIENT_CODES = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "MALFORMED_REQUEST")
+#: What numpy, pandas, scikit-learn, XGBoost & co. raise for input they cannot use (NaN where none is
+#: allowed, a missing column, a string where a number goes): the client's to fix, as in `mlflow models
+#: serve` (which answers 400 for every exception of a predict call).
+INPUT_ERRORS = (ValueError, TypeError, KeyError)
+#: Put the model's exception text into 500 answers (for development: it may reveal internals).
+EXPOSE_MODEL_ERRORS = False
+
+
 def from_mlflow(exc: Exception) -> ServingError:
     """Classify an exception raised while parsing or predicting.
 
-    MLflow raises MlflowException with INVALID_PARAMETER_VALUE / BAD_REQUEST for schema problems
-    (missing column, wrong type): those are the caller's input → 400. Anything else the model raised
-    is the model's failure → 500 with its message.
+    Schema problems (MLflow's client error codes) and input the model cannot use (INPUT_ERRORS) are the
+    caller's → 400 with the reason. Anything else is the model failing → 500 with a generic message
+    and an error id; the exception and its traceback go to the server log under that id.
     """
     code = getattr(exc, "error_code", None)
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    if code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "MALFORMED_REQUEST"):
+    if code in CLIENT_CODES:
         return BadRequest(_trim(message))
-    if isinstance(exc, ValueError | TypeError | KeyError) and _looks_like_input_problem(message):
-        return BadRequest(_trim(message))
-    return ModelError(f"the model failed to predict: {type(exc).__name__}: {_trim(message)}")
-
-
-def _looks_like_input_problem(message: str) -> bool:
-    lowered = message.lower()
-    return any(w in lowered for w in ("feature", "column", "shape", "dtype", "could not convert", "expected"))
+    if isinstance(exc, INPUT_ERRORS) and code is None:
+        return BadRequest(f"the model cannot use this input: {type(exc).__name__}: {_trim(message)}")
+    error_id = uuid.uuid4().hex[:12]
+    log.error("The model failed to predict [error id %s]: %s: %s", error_id, type(exc).__name__, _trim(message),
+              exc_info=exc)
+    detail = f": {type(exc).__name__}: {_trim(message)}" if EXPOSE_MODEL_ERRORS else "; the server log has the details"
+    return ModelError(f"the model failed to predict (error id {error_id}){detail}")
 
 
 def _trim(message: str, limit: int = 2000) -> str:

@@ -117,7 +117,7 @@ def decode(body: bytes, content_type: str | None) -> Request:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        doc = _lenient_json(body, exc)
     if not isinstance(doc, dict):
         raise BadRequest(f"{REQUIRED}. Received {type(doc).__name__ if doc is not None else 'null'}.")
     present = [k for k in FORMATS if k in doc]
@@ -151,6 +151,17 @@ def decode(body: bytes, content_type: str | None) -> Request:
     if key is not None:
         key = (*key, params_key)
     return Request(doc, body, mime, rows, key)
+
+
+def _lenient_json(body: bytes, error: Exception) -> Any:
+    """What Python's json module reads and orjson does not: NaN, Infinity, numbers beyond a double
+    (`mlflow models serve` parses with json.loads, so such bodies are valid there)."""
+    import json
+
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"the body is not valid JSON: {error}") from None
 
 
 def merge(requests: list[Request]) -> dict[str, Any]:

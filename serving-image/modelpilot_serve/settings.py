@@ -22,11 +22,17 @@ class ServeSettings:
     batching_mode: str = "auto"
     max_body_bytes: int = 10 * 1024 * 1024
     request_timeout: float = 60.0
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    max_connections: int = 1000
+    max_in_flight: int = 256
+    keep_alive_timeout: int = 5
     model_name: str = ""
     model_version: str = ""
     cache_dir: str = "/tmp/modelpilot-models"
     graceful_shutdown_seconds: float = 25.0
     log_level: str = "info"
+    expose_errors: bool = False
 
     def to_env(self) -> dict[str, str]:
         return {f"MODELPILOT_{k.upper()}": str(v) for k, v in self.__dict__.items()}
@@ -39,7 +45,9 @@ class ServeSettings:
             if raw is None:
                 continue
             default: object = f.default
-            if isinstance(default, bool | int | float) and not isinstance(default, str):
+            if isinstance(default, bool):
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int | float):
                 values[name] = type(default)(raw)
             else:
                 values[name] = raw
@@ -80,12 +88,28 @@ def parser() -> argparse.ArgumentParser:
                    help="larger request bodies get 413 [MODELPILOT_MAX_BODY_BYTES]")
     p.add_argument("--request-timeout", type=float, default=_default("request_timeout"),
                    help="seconds before a request gets 504 [MODELPILOT_REQUEST_TIMEOUT]")
+    p.add_argument("--max-header-bytes", type=int, default=_default("max_header_bytes"),
+                   help="request line + headers over this get 431 [MODELPILOT_MAX_HEADER_BYTES]")
+    p.add_argument("--header-timeout", type=float, default=_default("header_timeout"),
+                   help="seconds for a request's headers to arrive (also: a new connection's first "
+                        "request); slower gets 408 [MODELPILOT_HEADER_TIMEOUT]")
+    p.add_argument("--max-connections", type=int, default=_default("max_connections"),
+                   help="open connections per worker; more get 503 + Retry-After [MODELPILOT_MAX_CONNECTIONS]")
+    p.add_argument("--max-in-flight", type=int, default=_default("max_in_flight"),
+                   help="prediction requests in progress per worker; more get 503 + Retry-After "
+                        "[MODELPILOT_MAX_IN_FLIGHT]")
+    p.add_argument("--keep-alive-timeout", type=int, default=_default("keep_alive_timeout"),
+                   help="seconds an idle keep-alive connection stays open [MODELPILOT_KEEP_ALIVE_TIMEOUT]")
     p.add_argument("--model-name", default=_default("model_name"),
                    help="name in metrics and the v2 API (default: from the URI) [MODELPILOT_MODEL_NAME]")
     p.add_argument("--model-version", default=_default("model_version"),
                    help="version in metrics and the v2 API (default: from the URI) [MODELPILOT_MODEL_VERSION]")
     p.add_argument("--cache-dir", default=_default("cache_dir"),
                    help="where downloaded models are kept [MODELPILOT_CACHE_DIR]")
+    p.add_argument("--expose-errors", action="store_true",
+                   default=str(_default("expose_errors")).lower() in ("1", "true", "yes", "on"),
+                   help="put the model's exception text into 500 answers (development only; by default they "
+                        "carry an error id and the text goes to the log) [MODELPILOT_EXPOSE_ERRORS]")
     p.add_argument("--log-level", default=_default("log_level"),
                    choices=["critical", "error", "warning", "info", "debug"], help="[MODELPILOT_LOG_LEVEL]")
     return p

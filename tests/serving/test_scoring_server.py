@@ -179,7 +179,11 @@ def test_model_that_raises_is_500_and_the_server_keeps_serving(start_server: Sta
     server = start_server(model_dirs["flaky"])
     boom = server.post("/invocations", json.dumps(split([[13, 0, 0, 0, 0]])))
     assert boom.status_code == 500
-    assert boom.json()["error_code"] == "MODEL_ERROR" and "thirteen is unlucky" in boom.json()["message"]
+    assert boom.json()["error_code"] == "MODEL_ERROR" and "thirteen" not in boom.json()["message"], \
+        "the model's exception text stays in the server log"
+    error_id = boom.json()["message"].split("error id ")[1].split(")")[0]
+    wait_for(lambda: f"[error id {error_id}]: RuntimeError: thirteen is unlucky" in server.logs(), 5,
+             "the error id and the exception in the log")
     ok = server.post("/invocations", json.dumps(split([[2, 0, 0, 0, 0]])))
     assert ok.status_code == 200 and ok.json() == {"predictions": [20.0]}
     # in a batch, only the culprit fails
@@ -187,6 +191,13 @@ def test_model_that_raises_is_500_and_the_server_keeps_serving(start_server: Sta
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda b: server.post("/invocations", json.dumps(b)).status_code, bodies))
     assert statuses == [200, 200, 200, 500, 200, 200, 200, 200]
+
+
+def test_expose_errors_puts_the_exception_text_into_the_answer(start_server: StartServer,
+                                                                model_dirs: dict[str, Path]) -> None:
+    server = start_server(model_dirs["flaky"], env={"MODELPILOT_EXPOSE_ERRORS": "true"})
+    boom = server.post("/invocations", json.dumps(split([[13, 0, 0, 0, 0]])))
+    assert boom.status_code == 500 and "RuntimeError: thirteen is unlucky" in boom.json()["message"]
 
 
 @pytest.mark.parametrize(
