@@ -16,13 +16,15 @@ class MlflowServer:
     """`mlflow server` on sqlite with proxied artifacts (`mlflow-artifacts:/…` sources)."""
 
     def __init__(self, state: Path, name: str = "mlflow", admin_password: str | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
         """With `admin_password`, run MLflow's basic-auth app (user `admin`). `host` is the address to
         listen on: 0.0.0.0 when pods on the real node must reach it (at the node bridge's address)."""
         self.dir = Layout(state).service(name)
         self.name = name
         self.admin_password = admin_password
         self.host = host
+        #: More environment for `mlflow server` (e.g. its webhook settings).
+        self.env = dict(env or {})
         self.procs = Processes(self.dir)
         self.port_path = self.dir / "port"
 
@@ -51,7 +53,7 @@ class MlflowServer:
         self.port_path.write_text(str(port))
         mlflow = Path(sys.executable).parent / "mlflow"
         started = time.monotonic()
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}
         auth: list[str] = []
         if self.admin_password:
             auth = ["--app-name", "basic-auth"]

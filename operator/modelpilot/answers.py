@@ -127,6 +127,15 @@ class Answers:
             for key in sorted(keys):
                 self.enqueue(key)
 
+    def expedite(self, model: str) -> int:
+        """Make every followed question about registered model `model` due now (a webhook said its
+        aliases moved); returns how many."""
+        with self._lock:
+            hits = [f for f in self._questions.values() if getattr(f.recipe[3], "name", None) == model]
+            for followed in hits:
+                followed.next_due = 0.0
+        return len(hits)
+
     def asking(self) -> int:
         """Questions the refresher is asking right now."""
         with self._lock:

@@ -7,7 +7,7 @@ from `.dev/env`, and nothing else needs to be parsed. Every setting is documente
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .durations import parse_duration
@@ -69,6 +69,10 @@ class Settings:
     cluster_domain: str = "cluster.local"
     #: Name the operator writes with (server-side apply field manager, event source).
     field_manager: str = "modelpilot"
+    #: Port of the MLflow webhook endpoint (POST /webhooks/mlflow); 0: off.
+    webhook_port: int = 0
+    #: The HMAC secret MLflow signs webhooks with (chart: from a Secret). Required with webhook_port.
+    webhook_secret: str = field(default="", repr=False)
     #: Only the replica holding a coordination.k8s.io Lease reconciles (run two or more replicas).
     leader_election: bool = False
     #: The Lease's name, and its namespace (empty: the pod's own namespace).

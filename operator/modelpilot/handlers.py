@@ -17,6 +17,7 @@ from . import metrics
 from .config import Settings
 from .kube import Kube, KubeError
 from .leader import LeaderElector, LeaseConfig, own_namespace
+from .webhook import Receiver, WebhookServer
 from .names import GROUP, LABEL_DEPLOYMENT, MANAGED_BY, PLURAL, VERSION
 from .reconciler import Reconciler
 from .resolver import Key
@@ -74,6 +75,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_threadsafe)
     state.reconciler.outbound.start()
     state.reconciler.resolver.start_refresher()
+    if config.webhook_port:
+        if not config.webhook_secret:
+            raise kopf.PermanentError("MODELPILOT_WEBHOOK_PORT needs MODELPILOT_WEBHOOK_SECRET (MLflow's HMAC secret)")
+        answers, queue = state.reconciler.resolver.answers, state.queue
+        WebhookServer(Receiver(config.webhook_secret, answers.expedite, leading=lambda: queue.active),
+                      config.webhook_port).start()
     if config.leader_election:
         namespace = config.leader_election_namespace or own_namespace()
         if not namespace:

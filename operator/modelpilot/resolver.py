@@ -62,6 +62,8 @@ class Resolution:
     failures: int = 0
     #: An answer is being fetched; `resolved`/`problem` are the previous ones.
     pending: bool = False
+    #: monotonic time of the answer `resolved` came from (0: none yet).
+    at: float = 0.0
 
 
 @dataclass
@@ -119,14 +121,17 @@ class Resolver:
             entry = self._entries.get(entry_key)
         if entry is not None and entry.resolution.identity != identity:
             entry = None
-        if entry is not None and entry.future is None and now < entry.resolution.next_at:
-            return entry.resolution
         question = _question(key[0], spec, uri)
+        if entry is not None and entry.future is None and now < entry.resolution.next_at:
+            newer = self.answers.fresh(question, spec.refresh_seconds)
+            if newer is None or newer[1] <= entry.resolution.at:
+                return entry.resolution
+            # the refresher (or another follower) learned something since: that is our answer now
         if entry is None or entry.future is None:
             shared = self.answers.fresh(question, spec.refresh_seconds)
             if shared is not None:
                 # someone asked the same question recently enough: their answer is ours
-                result = Resolution(identity, shared[0], None, shared[1] + spec.refresh_seconds)
+                result = Resolution(identity, shared[0], None, shared[1] + spec.refresh_seconds, at=shared[1])
                 with self._lock:
                     self._entries[entry_key] = _Entry(result)
                 self.answers.follow((key, track), question, spec.refresh_seconds, (key[0], spec, uri, ref))
@@ -184,7 +189,7 @@ class Resolver:
         previous = entry.resolution if entry is not None and entry.resolution.identity == identity else None
         if error is None:
             assert resolved is not None
-            result = Resolution(identity, resolved, None, now + spec.refresh_seconds)
+            result = Resolution(identity, resolved, None, now + spec.refresh_seconds, at=now)
             self.answers.put(question, resolved, now)
         else:
             assert isinstance(error, RegistryError)
@@ -192,7 +197,8 @@ class Resolver:
             delay = (backoff(self.settings.retry_base_seconds, failures, spec.refresh_seconds)
                      if error.transient else spec.refresh_seconds)
             keep = previous.resolved if previous else None
-            result = Resolution(identity, keep, Problem(error.reason, str(error)), now + delay, failures)
+            result = Resolution(identity, keep, Problem(error.reason, str(error)), now + delay, failures,
+                                at=previous.at if previous else 0.0)
             metrics.REGISTRY_ERRORS.labels(reason=error.reason).inc()
             log.warning("Resolving %s for %s/%s failed (%s), retrying in %.0fs", identity[0], entry_key[0],
                         entry_key[1], error.reason, delay)

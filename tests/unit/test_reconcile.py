@@ -268,6 +268,24 @@ def test_the_refresher_asks_once_per_interval_and_enqueues_followers_only_when_t
     assert len(_alias_calls(world.mlflow)) == 3
 
 
+def test_an_expedited_question_moves_its_followers_long_before_their_refresh(world: Harness) -> None:
+    """What an MLflow webhook does: the refresher asks at once, followers take the new answer."""
+    resolver = world.reconciler.resolver
+    resolver.refreshing = True
+    world.apply("m", refreshInterval="1h")
+    world.converge("m")
+    world.mlflow.set_alias("fraud", "champion", "2")
+    world.advance(5)
+    assert resolver.answers.expedite("fraud") == 1 and resolver.answers.expedite("other") == 0
+    world.enqueued.clear()
+    assert resolver.refresh_due() == 1
+    wait_for(lambda: not resolver.answers.asking(), 5, "the refresher's answer")
+    assert world.enqueued == [(NS, "m")]
+    world.reconcile("m")
+    dep = world.kube.get("apps/v1", "Deployment", NS, "m")
+    assert dep is not None and dep["spec"]["template"]["metadata"]["labels"]["modelpilot.dev/model-version"] == "2"
+
+
 def test_answers_obtained_with_credentials_are_shared_only_with_the_same_secret_of_the_same_namespace(
         world: Harness, kube: FakeKube) -> None:
     for ns in (NS, "team-b"):
