@@ -177,7 +177,8 @@ def run_size(n: int, cp: ControlPlane, kube: Any, mlflow: MlflowServer, op_port:
     reads = {k: v for k, v in verbs.items() if k not in WRITES}
     minutes = window / 60
     row["writes"] = f"{writes} in {window:.0f} s"
-    row["reads"] = f"{sum(reads.values()) / minutes:.0f} / min ({', '.join(f'{k} {v}' for k, v in sorted(reads.items()))})"
+    by_verb = ", ".join(f"{k} {v}" for k, v in sorted(reads.items()))
+    row["reads"] = f"{sum(reads.values()) / minutes:.0f} / min ({by_verb})"
     row["reconciles"] = f"{(metric(op_port, 'modelpilot_reconciles_total') - r0) / minutes:.0f} / min"
     row["cpu"] = f"{(cpu_seconds(pid) - c0) / window * 100:.1f} %"
     time.sleep(5)  # MLflow's log reaches the file a little later
@@ -224,7 +225,8 @@ def main() -> int:
         procs = Processes(state / "operator")
         try:
             cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-            wait_for(lambda: cp.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0, 30, "the CRD")
+            wait_for(lambda cp=cp: cp.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0, 30,
+                     "the CRD")
             for i in range(n // 100 + 2):  # 110 pods each: room for every pod
                 cp.kubectl("apply", "-f", "-", input=json.dumps(kwok_node(f"bench-{i}", 0)))
             mlflow.start()
@@ -233,7 +235,7 @@ def main() -> int:
             proc = procs.start("operator", [sys.executable, "-m", "modelpilot.cli", "-A", "--metrics-port",
                                             str(op_port), "--liveness-port", str(live_port)],
                                env={"KUBECONFIG": str(kubeconfig), "MODELPILOT_DEFAULT_TRACKING_URI": mlflow.url})
-            wait_for(lambda: metric(op_port, "modelpilot_leader") == 1, 60, "the operator")
+            wait_for(lambda port=op_port: metric(port, "modelpilot_leader") == 1, 60, "the operator")
             results[n] = run_size(n, cp, kube_client(cp.kubeconfig_path), mlflow, op_port, proc.pid,
                                   args.window, refresh)
         finally:

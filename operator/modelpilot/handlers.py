@@ -17,10 +17,10 @@ from . import metrics
 from .config import Settings
 from .kube import Kube, KubeError
 from .leader import LeaderElector, LeaseConfig, own_namespace
-from .webhook import Receiver, WebhookServer
 from .names import GROUP, LABEL_DEPLOYMENT, MANAGED_BY, PLURAL, VERSION
 from .reconciler import Reconciler
 from .resolver import Key
+from .webhook import Receiver, WebhookServer
 from .workqueue import Stalled, WorkQueue, error_backoff
 
 #: Liveness fails when work has been overdue this long and no reconcile finished meanwhile.

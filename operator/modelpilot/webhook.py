@@ -96,7 +96,8 @@ class Receiver:
             if delivery in self._seen:
                 return Verdict(200, "replayed")
             self._seen[delivery] = now
-            while len(self._seen) > 10_000 or (self._seen and next(iter(self._seen.values())) < now - 2 * TOLERANCE_SECONDS):
+            forget_before = now - 2 * TOLERANCE_SECONDS
+            while len(self._seen) > 10_000 or (self._seen and next(iter(self._seen.values())) < forget_before):
                 self._seen.popitem(last=False)
         try:
             event = json.loads(body)

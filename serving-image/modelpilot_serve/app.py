@@ -243,7 +243,8 @@ class ScoringApp:
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def produce(phase: list[str]) -> bytes:
             request, big = await self._decode(scope, receive, protocol.decode, phase)
-            return await self._off_loop(big, encode_mlflow, await self._predict(request))
+            body: bytes = await self._off_loop(big, encode_mlflow, await self._predict(request))
+            return body
 
         await self._answer("invocations", send, produce)
 
@@ -347,7 +348,8 @@ class ScoringApp:
                 return orjson.dumps({"model_name": self.name, "model_version": self.version,
                                      "id": request_id[0], "outputs": v2.outputs(result.predictions)})
 
-            return await self._off_loop(big, encode)
+            body: bytes = await self._off_loop(big, encode)
+            return body
 
         await self._answer("v2_infer", send, produce)
 

@@ -226,7 +226,8 @@ class Batcher:
             if not waiting and self.abandoned_running < MAX_ABANDONED:
                 self._abandon(work)
                 return False
-            await asyncio.wait([work, *waiting], return_when=asyncio.FIRST_COMPLETED)
+            watched: list[asyncio.Future[Any]] = [work, *waiting]
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         return True
 
     def _abandon(self, work: asyncio.Future[list[Result]]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import struct
 import sys
@@ -120,10 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--parent", type=int, required=True)
     args = p.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, args.dir, args.parent))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

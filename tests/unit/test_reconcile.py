@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from hack.proc import wait_for
-
 from modelpilot.reconciler import CONFLICT_RETRY_SECONDS
 from modelpilot.workqueue import Retry, error_backoff
 from tests.fakes.harness import NS, Harness
@@ -297,7 +296,8 @@ def test_answers_obtained_with_credentials_are_shared_only_with_the_same_secret_
     world.apply("s2", registry={"credentialsSecretRef": {"name": "s2"}})
     kube.create({"apiVersion": "modelpilot.dev/v1alpha1", "kind": "ModelDeployment",
                  "metadata": {"name": "s1", "namespace": "team-b"},
-                 "spec": {"model": {"uri": "models:/fraud@champion"}, "registry": {"credentialsSecretRef": {"name": "s1"}}}})
+                 "spec": {"model": {"uri": "models:/fraud@champion"},
+                          "registry": {"credentialsSecretRef": {"name": "s1"}}}})
     for name in ("open", "s1", "s1-again", "s2"):
         world.reconcile(name)
     world.reconciler.reconcile("team-b", "s1")
