@@ -164,22 +164,26 @@ class Resolver:
 
     def _ask(self, key: Key, entry_key: tuple[str, str, str], identity: Identity, spec: DeploymentSpec,
              ref: ModelRef, creds: Credentials | None) -> concurrent.futures.Future[Any]:
-        tracking = spec.tracking
-
-        async def call(session: aiohttp.ClientSession) -> ResolvedModel:
-            metrics.REGISTRY_CALLS.labels(host=tracking.origin).inc()
-            return await Registry(tracking, creds, session).resolve(ref)
-
         def answered(future: concurrent.futures.Future[Any]) -> None:
             with self._lock:
                 entry = self._entries.get(entry_key)
             if entry is not None and entry.future is future:
                 self.on_answer(key)
 
-        # identical questions in flight share one call; never across credentials (an answer is only for
-        # whoever could have asked for it)
+        return self._call(identity, spec, ref, creds, answered)
+
+    def _call(self, identity: Identity, spec: DeploymentSpec, ref: ModelRef, creds: Credentials | None,
+              done: Callable[[concurrent.futures.Future[Any]], None]) -> concurrent.futures.Future[Any]:
+        """One resolution on the outbound thread. Identical questions in flight share one call; never
+        across credentials (an answer is only for whoever could have asked for it)."""
+        tracking = spec.tracking
+
+        async def call(session: aiohttp.ClientSession) -> ResolvedModel:
+            metrics.REGISTRY_CALLS.labels(host=tracking.origin).inc()
+            return await Registry(tracking, creds, session).resolve(ref)
+
         flight = ("registry", identity, _digest(creds))
-        return self.outbound.submit(flight, tracking.origin, self.settings.registry_timeout_seconds, call, answered)
+        return self.outbound.submit(flight, tracking.origin, self.settings.registry_timeout_seconds, call, done)
 
     def _record(self, entry_key: tuple[str, str, str], identity: Identity,
                 resolved: ResolvedModel | None, error: BaseException | None, spec: DeploymentSpec,
@@ -216,20 +220,11 @@ class Resolver:
             except RegistryError:
                 self.answers.answered(question, None)
                 continue
-            identity = (uri, spec.tracking_uri, spec.credentials_secret)
-            tracking = spec.tracking
-
-            async def call(session: aiohttp.ClientSession, tracking: Any = tracking, creds: Any = creds,
-                           ref: ModelRef = ref) -> ResolvedModel:
-                metrics.REGISTRY_CALLS.labels(host=tracking.origin).inc()
-                return await Registry(tracking, creds, session).resolve(ref)
-
             def done(future: concurrent.futures.Future[Any], question: Question = question) -> None:
                 ok = not future.cancelled() and future.exception() is None
                 self.answers.answered(question, future.result() if ok else None)
 
-            self.outbound.submit(("registry", identity, _digest(creds)), tracking.origin,
-                                 self.settings.registry_timeout_seconds, call, done)
+            self._call((uri, spec.tracking_uri, spec.credentials_secret), spec, ref, creds, done)
         return len(due)
 
     def start_refresher(self, every: float = 1.0) -> None:
