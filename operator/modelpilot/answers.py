@@ -32,6 +32,8 @@ class _Followed:
     followers: dict[Follower, float] = field(default_factory=dict)
     next_due: float = 0.0
     asking: bool = False
+    #: Expedited while being asked: the answer in flight may predate the news, so ask once more.
+    again: bool = False
 
 
 class Answers:
@@ -119,7 +121,8 @@ class Answers:
             if followed is None:
                 return
             followed.asking = False
-            followed.next_due = now + min(followed.followers.values(), default=60.0)
+            followed.next_due = 0.0 if followed.again else now + min(followed.followers.values(), default=60.0)
+            followed.again = False
             keys = {f[0] for f in followed.followers}
         if changed:
             # a new answer, or trouble: each follower's reconcile takes the answer (or, after a
@@ -134,6 +137,7 @@ class Answers:
             hits = [f for f in self._questions.values() if getattr(f.recipe[3], "name", None) == model]
             for followed in hits:
                 followed.next_due = 0.0
+                followed.again = followed.asking
         return len(hits)
 
     def asking(self) -> int:

@@ -368,3 +368,17 @@ def test_progressive_canary_walks_its_steps_and_promotes(world: Harness) -> None
     status = world.kube.mdep(NS, "m")["status"]
     assert status["model"]["version"] == "2" and "canary" not in status and replicas() == (4, None)
     assert "Promoted" in world.reasons()
+
+
+def test_news_arriving_while_the_refresher_asks_is_not_lost(world: Harness) -> None:
+    """A webhook that lands while an older question is in flight: the refresher asks once more."""
+    resolver = world.reconciler.resolver
+    resolver.refreshing = True
+    world.apply("m", refreshInterval="1h")
+    world.converge("m")
+    answers = resolver.answers
+    assert answers.expedite("fraud") == 1
+    (question, _), = answers.due()  # being asked now (the answer predates the move)
+    assert answers.expedite("fraud") == 1  # the alias moves meanwhile
+    answers.answered(question, world.reconciler.resolver.answers.fresh(question, 3600)[0])  # type: ignore[index]
+    assert [q for q, _ in answers.due()] == [question], "asked again at once, not in an hour"
