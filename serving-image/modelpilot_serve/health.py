@@ -54,9 +54,23 @@ class Worker:
     ready: bool
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def read_workers(directory: Path, now: float) -> list[Worker]:
     workers = []
     for path in directory.glob("worker-*"):
+        pid = path.name.removeprefix("worker-")
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)  # a worker that died (uvicorn starts another): not ours to wait for
+            continue
         try:
             beat, ready = _RECORD.unpack(path.read_bytes()[:_RECORD.size])
         except (OSError, struct.error):

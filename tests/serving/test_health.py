@@ -62,3 +62,15 @@ def test_the_probe_process_follows_the_server(start_server: StartServer, model_d
         for _ in range(30):  # the probe process leaves with its server
             requests.get(server.health_url + "/v2/health/live", timeout=2)
             time.sleep(0.2)
+
+
+def test_the_heartbeat_of_a_worker_that_died_is_dropped(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"worker-{dead.stdout.strip()}").write_bytes(b"\0" * 9)
+    beat = Heartbeat(tmp_path)
+    beat.beat(True)
+    assert [w.ready for w in read_workers(tmp_path, time.time())] == [True]
+    assert not (tmp_path / f"worker-{dead.stdout.strip()}").exists()
