@@ -35,8 +35,13 @@ class Settings:
     server_image_pull_policy: str = ""
     #: Port the scoring server listens on inside the pod; the Service exposes port 80.
     server_port: int = 8080
-    #: Port of the scoring server's probe process (kubelet probes go there, never to the busy workers).
+    #: Port of the scoring server's probe process, which answers from the workers' heartbeats however
+    #: busy they are.
     server_health_port: int = 8081
+    #: Where the pods' probes go: `http` (the server itself; its loop only moves bytes, so probes answer
+    #: within a few hundred ms even under 10 MB bodies) or `health` (the probe process). `http` is the
+    #: default while the probe process shows intermittent connection refusals on the local real node.
+    server_probe_port: str = "http"
     #: Requests of serving containers whose spec sets no `resources.requests`, as `cpu=100m,memory=256Mi`
     #: (`none`: none, and such pods are BestEffort: first to be evicted).
     server_default_requests: str = "cpu=100m,memory=256Mi"

@@ -86,9 +86,9 @@ def _resources(spec: DeploymentSpec, settings: Settings) -> dict[str, Any]:
     return resources
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def _probe(path: str, period: int, failures: int, port: str) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "health"},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -133,13 +133,11 @@ def render_deployment(
         "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"},
                   {"name": "health", "containerPort": settings.server_health_port, "protocol": "TCP"}],
         "env": _env(spec, resolved, settings),
-        # Probes go to the server's probe process, which answers from the workers' heartbeats however
-        # busy they are (a worker decoding a 10 MB body would miss a 2 s probe timeout).
-        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
-        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3, port=settings.server_probe_port),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3, port=settings.server_probe_port),
         # Loading a model (download + unpickle + warm-up) can take many minutes: liveness starts only
         # once the model is ready, within a budget of 15 minutes.
-        "startupProbe": _probe("/v2/health/ready", period=5, failures=180),
+        "startupProbe": _probe("/v2/health/ready", period=5, failures=180, port=settings.server_probe_port),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

@@ -88,11 +88,14 @@ def test_probes_and_security_defaults() -> None:
     assert pod["automountServiceAccountToken"] is False
 
 
-def test_probes_go_to_the_probe_process_and_startup_waits_for_the_model() -> None:
+def test_probes_and_the_probe_process_and_startup_waits_for_the_model() -> None:
     c = container(build(BASE))
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "health": 8081}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert c[probe]["httpGet"]["port"] == "health"
+        assert c[probe]["httpGet"]["port"] == "http"
+    settings = Settings(default_tracking_uri="http://mlflow:5000", server_probe_port="health")
+    on_health = container(render.render_deployment(OWNER, parse_spec(BASE, settings), RESOLVED, settings))
+    assert {on_health[p]["httpGet"]["port"] for p in ("readinessProbe", "livenessProbe", "startupProbe")} == {"health"}
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     budget = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
     assert budget >= 600, "large models get minutes to download and load"
