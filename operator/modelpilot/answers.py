@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .names import CANARY, STABLE
 from .registry import ResolvedModel
 
 Key = tuple[str, str]  # (namespace, name)
 Follower = tuple[Key, str]  # ((namespace, name), track)
 #: (tracking URL, model URI, (namespace, Secret name) or None)
 Question = tuple[str, str, tuple[str, str] | None]
+TRACKS = (STABLE, CANARY)
 #: Shared answers kept at most; the oldest are dropped first when there are more.
 MAX_ANSWERS = 20_000
 
@@ -70,9 +72,7 @@ class Answers:
                 self._drop(follower, previous)
             followed = self._questions.get(question)
             if followed is None:
-                answer = self._answers.get(question)
-                start = answer[1] if answer is not None else self.clock()
-                followed = self._questions[question] = _Followed(recipe, next_due=start + refresh)
+                followed = self._questions[question] = _Followed(recipe, next_due=float("inf"))
             followed.recipe = recipe
             followed.followers[follower] = refresh
             followed.next_due = min(followed.next_due, self._last_answer(question) + refresh)
@@ -83,10 +83,12 @@ class Answers:
             return follower in self._following
 
     def unfollow(self, key: Key, track: str | None = None) -> None:
-        """Stop following for this ModelDeployment (one track, or all)."""
+        """Stop following for this ModelDeployment (one track, or both)."""
         with self._lock:
-            for follower in [f for f in self._following if f[0] == key and track in (None, f[1])]:
-                self._drop(follower, self._following[follower])
+            for t in (track,) if track else TRACKS:
+                question = self._following.get((key, t))
+                if question is not None:
+                    self._drop((key, t), question)
 
     def _drop(self, follower: Follower, question: Question) -> None:
         self._following.pop(follower, None)

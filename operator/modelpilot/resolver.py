@@ -122,15 +122,13 @@ class Resolver:
         if entry is not None and entry.resolution.identity != identity:
             entry = None
         question = _question(key[0], spec, uri)
-        if entry is not None and entry.future is None and now < entry.resolution.next_at:
-            newer = self.answers.fresh(question, spec.refresh_seconds)
-            if newer is None or newer[1] <= entry.resolution.at:
-                return entry.resolution
-            # the refresher (or another follower) learned something since: that is our answer now
         if entry is None or entry.future is None:
             shared = self.answers.fresh(question, spec.refresh_seconds)
+            if (entry is not None and now < entry.resolution.next_at
+                    and (shared is None or shared[1] <= entry.resolution.at)):
+                return entry.resolution  # ours is fresh, and nobody learned anything since
             if shared is not None:
-                # someone asked the same question recently enough: their answer is ours
+                # someone asked the same question recently enough (the refresher, another follower)
                 result = Resolution(identity, shared[0], None, shared[1] + spec.refresh_seconds, at=shared[1])
                 with self._lock:
                     self._entries[entry_key] = _Entry(result)

@@ -65,6 +65,11 @@ class RequestTimeout(ServingError):
     error_code = "REQUEST_TIMEOUT"
 
 
+class HeadersTooLarge(ServingError):
+    status = 431
+    error_code = "HEADERS_TOO_LARGE"
+
+
 class Overloaded(ServingError):
     status = 503
     error_code = "OVERLOADED"

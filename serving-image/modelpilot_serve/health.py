@@ -55,12 +55,13 @@ class Worker:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` exists (hack/proc.py's pid_alive is outside this distribution)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # exists, belongs to someone else
     return True
 
 

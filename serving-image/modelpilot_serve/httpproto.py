@@ -17,6 +17,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .errors import HeadersTooLarge, Overloaded, RequestTimeout, ServingError
+
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
@@ -30,22 +32,22 @@ class _Refused(Exception):
     pass
 
 
-def response(status: int, message: str, retry_after: int | None = None) -> bytes:
-    body = b'{"error_code": "%s", "message": "%s"}' % (
-        {408: b"REQUEST_TIMEOUT", 431: b"HEADERS_TOO_LARGE", 503: b"OVERLOADED"}[status], message.encode())
-    extra = b"retry-after: %d\r\n" % retry_after if retry_after is not None else b""
+def response(error: ServingError) -> bytes:
+    """The raw HTTP answer for an error refused before the app sees the request (then closed)."""
+    body = error.body()
+    extra = b"".join(b"%s: %s\r\n" % header for header in error.headers)
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n"
-            % (status, REASONS[status], len(body), extra)) + body
+            % (error.status, REASONS[error.status], len(body), extra)) + body
 
 
 class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._refusal: tuple[int, str] | None = None
+        self._refusal: ServingError | None = None
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
         if len(self.connections) > Limits.max_connections:
-            transport.write(response(503, f"over {Limits.max_connections} connections; retry shortly", 1))
+            transport.write(response(Overloaded(f"over {Limits.max_connections} connections; retry shortly")))
             transport.close()
             return
         self._arm_header_timer()
@@ -62,7 +64,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def _headers_too_slow(self) -> None:
         self._header_timer = None
         if not self.transport.is_closing():
-            self.transport.write(response(408, f"the request headers took over {Limits.header_timeout:g}s"))
+            self.transport.write(response(RequestTimeout(f"the request headers took over {Limits.header_timeout:g}s")))
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -72,7 +74,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def _count(self, size: int) -> None:
         self._header_bytes += size
         if self._header_bytes > Limits.max_header_bytes:
-            self._refusal = (431, f"the request line and headers are over {Limits.max_header_bytes} bytes")
+            self._refusal = HeadersTooLarge(f"the request line and headers are over {Limits.max_header_bytes} bytes")
             raise _Refused()
 
     def on_message_begin(self) -> None:
@@ -95,8 +97,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         if self._refusal is None:
             return super().send_400_response(msg)
-        status, message = self._refusal
-        self.transport.write(response(status, message))
+        self.transport.write(response(self._refusal))
         self.transport.close()
 
 

@@ -46,7 +46,7 @@ class ServeSettings:
                 continue
             default: object = f.default
             if isinstance(default, bool):
-                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                values[name] = _truthy(raw)
             elif isinstance(default, int | float):
                 values[name] = type(default)(raw)
             else:
@@ -54,6 +54,10 @@ class ServeSettings:
         if "model_uri" not in values:
             raise SystemExit("modelpilot-serve: set --model-uri or MODELPILOT_MODEL_URI")
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _truthy(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _default(name: str) -> object:
@@ -107,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=_default("cache_dir"),
                    help="where downloaded models are kept [MODELPILOT_CACHE_DIR]")
     p.add_argument("--expose-errors", action="store_true",
-                   default=str(_default("expose_errors")).lower() in ("1", "true", "yes", "on"),
+                   default=_truthy(str(_default("expose_errors"))),
                    help="put the model's exception text into 500 answers (development only; by default they "
                         "carry an error id and the text goes to the log) [MODELPILOT_EXPOSE_ERRORS]")
     p.add_argument("--log-level", default=_default("log_level"),
