@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -84,6 +85,7 @@ class ScoringApp:
         self.model: LoadedModel | None = None
         self.load_error: str | None = None
         self.batcher: Batcher | None = None
+        self._decode_mlflow: Callable[[bytes, str | None], protocol.Request] = protocol.decode
         self.shutting_down = False
         self._preloaded = model
         self.name = settings.model_name or name_from_uri(settings.model_uri)
@@ -113,12 +115,13 @@ class ScoringApp:
         loop.call_soon_threadsafe(self._loaded, model)
 
     def _loaded(self, model: LoadedModel) -> None:
-        runner = Runner(model, self.settings.batching_mode)
+        runner = Runner(model, self.settings.batching_mode, self.settings.max_decoded_bytes)
         model.batching = "merged" if runner.can_merge else "per-request"
         log.info("Batching: %s (%s)", model.batching, runner.merge_reason)
         self.batcher = Batcher(runner.run_batch, self.settings.max_batch_size if runner.can_merge else 1,
                                self.settings.max_batch_delay_ms / 1000.0, on_batch=self._batch_size.observe)
         self.batcher.start()
+        self._decode_mlflow = functools.partial(protocol.decode, layout=runner.frame_layout)
         self.model = model
         metrics.LOAD_SECONDS.labels(self.name, self.version).set(model.load_seconds)
         metrics.READY.labels(self.name, self.version).set(1)
@@ -242,7 +245,7 @@ class ScoringApp:
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def produce(phase: list[str]) -> bytes:
-            request, big = await self._decode(scope, receive, protocol.decode, phase)
+            request, big = await self._decode(scope, receive, self._decode_mlflow, phase)
             body: bytes = await self._off_loop(big, encode_mlflow, await self._predict(request))
             return body
 

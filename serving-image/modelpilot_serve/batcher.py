@@ -31,7 +31,7 @@ from typing import Any
 from . import protocol
 from .batching_policy import may_merge
 from .errors import BadRequest, ServingError, from_mlflow
-from .fastparse import build_frame, numeric_layout
+from .fastparse import build_frame, frame_from_parquet, numeric_layout
 from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,9 @@ class Result:
 class Runner:
     """Runs decoded requests through the model, the way `mlflow models serve` would. Synchronous."""
 
-    def __init__(self, model: LoadedModel, mode: str = "auto") -> None:
+    def __init__(self, model: LoadedModel, mode: str = "auto", max_decoded_bytes: int = 128 * 2**20) -> None:
         self.model = model
+        self.max_decoded_bytes = max_decoded_bytes
         self.layout = numeric_layout(model.input_schema)
         meta = model.pyfunc.metadata
         hinted = getattr(meta, "_is_signature_from_type_hint", lambda: False)()
@@ -64,6 +65,9 @@ class Runner:
         #: Models whose signature comes from type hints get their `inputs` raw (no DataFrame parsing),
         #: exactly as MLflow does; merging rows is only done for parsed inputs of row-independent models.
         self.can_merge = allowed
+        #: Where the standard formats become a DataFrame of these numeric columns (not for type-hinted
+        #: signatures, whose inputs MLflow passes raw), big bodies may be parsed straight into it.
+        self.frame_layout = None if hinted else self.layout
 
     def _parse_standard(self, doc: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         """Data and params of a document in one of the four standard formats."""
@@ -75,21 +79,23 @@ class Runner:
         return (frame if frame is not None else infer_and_parse_data(doc, self.model.input_schema)), params
 
     def run_one(self, request: protocol.Request) -> Result:
-        from mlflow.pyfunc.scoring_server import _parse_json_data, parse_csv_input, parse_parquet_input
+        from mlflow.pyfunc.scoring_server import _parse_json_data, parse_csv_input
 
         schema = self.model.input_schema
         unwrapped = False
         try:
-            if self.can_merge and request.merge_key is not None and request.doc is not None:
+            if request.frame is not None:
+                data, params = request.frame, None
+            elif self.can_merge and request.merge_key is not None and request.doc is not None:
                 data, params = self._parse_standard(request.doc)
             elif request.content_type == "text/csv":
                 try:
-                    text = request.body.decode("utf-8")
+                    request.body.decode("utf-8")  # checked, then dropped: a StringIO would hold 4 bytes a char
                 except UnicodeDecodeError as exc:
                     raise BadRequest(f"the CSV body is not valid UTF-8: {exc}") from None
-                data, params = parse_csv_input(io.StringIO(text), schema=schema), None
+                data, params = parse_csv_input(io.BytesIO(request.body), schema=schema), None
             elif request.content_type == "application/vnd.apache.parquet":
-                data, params = parse_parquet_input(io.BytesIO(request.body)), None
+                data, params = frame_from_parquet(request.body, self.max_decoded_bytes), None
             else:
                 source: Any = dict(request.doc) if request.doc is not None else request.body
                 parsed = _parse_json_data(source, self.model.pyfunc.metadata, schema)

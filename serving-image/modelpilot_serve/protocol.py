@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from .errors import BadRequest, UnsupportedMediaType
+from .fastparse import frame_from_json
 
 DF_SPLIT = "dataframe_split"
 DF_RECORDS = "dataframe_records"
@@ -41,6 +42,8 @@ class Request:
     rows: int
     #: Requests with equal, non-None keys can share one predict call.
     merge_key: tuple[Any, ...] | None
+    #: The DataFrame MLflow's parser would build, when a big numeric body was parsed into columns.
+    frame: Any = None
 
 
 def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
@@ -106,14 +109,20 @@ def _columns_key(kind: str, cols: dict[str, Any]) -> tuple[int, tuple[Any, ...] 
     return lengths.pop(), (kind, "columns", tuple(cols), tuple(type(v[0]).__name__ for v in cols.values()))
 
 
-def decode(body: bytes, content_type: str | None) -> Request:
-    """Validate the envelope and work out how (and whether) the request can be batched."""
+def decode(body: bytes, content_type: str | None, layout: tuple[list[str], str] | None = None) -> Request:
+    """Validate the envelope and work out how (and whether) the request can be batched.
+
+    `layout` (the model's all-numeric input columns, when its inputs are parsed into a DataFrame) lets a
+    big body be parsed straight into that frame: it then runs alone, and the body is not kept."""
     mime = check_content_type(content_type)
     if not body or not body.strip():
         raise BadRequest("empty request body; send a JSON document such as "
                          '{"dataframe_split": {"columns": [...], "data": [[...]]}}')
     if mime != "application/json":
         return Request(None, body, mime, 0, None)
+    frame = frame_from_json(body, layout) if layout is not None else None
+    if frame is not None:
+        return Request(None, b"", mime, len(frame), None, frame)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -21,6 +21,7 @@ class ServeSettings:
     max_batch_delay_ms: float = 5.0
     batching_mode: str = "auto"
     max_body_bytes: int = 10 * 1024 * 1024
+    max_decoded_bytes: int = 128 * 1024 * 1024
     request_timeout: float = 60.0
     max_header_bytes: int = 64 * 1024
     header_timeout: float = 10.0
@@ -90,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
                         "always; off [MODELPILOT_BATCHING_MODE]")
     p.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"),
                    help="larger request bodies get 413 [MODELPILOT_MAX_BODY_BYTES]")
+    p.add_argument("--max-decoded-bytes", type=int, default=_default("max_decoded_bytes"),
+                   help="a Parquet body whose columns decode to more gets 413 (compression and run-length "
+                        "encoding let a small body stand for gigabytes) [MODELPILOT_MAX_DECODED_BYTES]")
     p.add_argument("--request-timeout", type=float, default=_default("request_timeout"),
                    help="seconds before a request gets 504 [MODELPILOT_REQUEST_TIMEOUT]")
     p.add_argument("--max-header-bytes", type=int, default=_default("max_header_bytes"),
