@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from . import errors, health, httpproto, metrics, protocol, v2
+from . import auth, errors, health, httpproto, metrics, protocol, v2
 from .batcher import Batcher, Result, Runner
 from .errors import (
     BadRequest,
@@ -90,6 +90,10 @@ class ScoringApp:
         self._preloaded = model
         self.name = settings.model_name or name_from_uri(settings.model_uri)
         self.version = settings.model_version or version_from_uri(settings.model_uri)
+        self.guard = auth.from_settings(settings.auth_mode, settings.auth_resource, settings.auth_audience,
+                                        settings.auth_api_keys_dir)
+        if isinstance(self.guard, auth.KubernetesAuth):
+            self.guard.on_review = metrics.AUTH_REVIEWS.labels(self.name, self.version).inc
         labels = (self.name, self.version)
         self._latency = {ep: metrics.LATENCY.labels(*labels, ep) for ep in ("invocations", "v2_infer")}
         self._in_flight = metrics.IN_FLIGHT.labels(*labels)
@@ -170,6 +174,8 @@ class ScoringApp:
         path: str = scope["path"]
         method: str = scope["method"]
         try:
+            if self.guard is not None and not _open(path):
+                await self._check_caller(scope)
             if path == "/invocations":
                 _allow(method, "POST")
                 await self._invocations(scope, receive, send)
@@ -197,6 +203,20 @@ class ScoringApp:
             log.exception("Unexpected error on %s %s", method, path)
             with contextlib.suppress(Exception):  # the response may have started already
                 await _send(send, 500, ServingError("internal error; see the server log").body(), JSON)
+
+    async def _check_caller(self, scope: Scope) -> None:
+        """Before the body is read: an unauthenticated caller never gets to send 10 MB."""
+        assert self.guard is not None
+        try:
+            await self.guard.check(scope["headers"])
+        except auth.Unauthorized as exc:
+            metrics.AUTH_FAILURES.labels(self.name, self.version,
+                                         "unverifiable" if isinstance(exc, auth.Unverifiable) else "unauthenticated"
+                                         ).inc()
+            raise
+        except auth.Forbidden:
+            metrics.AUTH_FAILURES.labels(self.name, self.version, "forbidden").inc()
+            raise
 
     # -- MLflow scoring protocol -------------------------------------------------------------------
     async def _ping(self, send: Send) -> None:
@@ -409,3 +429,11 @@ def create_app() -> ScoringApp:
 
 
 __all__ = ["ScoringApp", "create_app"]
+
+
+#: Paths every caller may reach whatever the auth mode: the kubelet's probes and Prometheus.
+OPEN_PATHS = frozenset({"/ping", "/health", "/metrics", "/v2/health/live", "/v2/health/ready"})
+
+
+def _open(path: str) -> bool:
+    return path in OPEN_PATHS or path.rstrip("/") in OPEN_PATHS

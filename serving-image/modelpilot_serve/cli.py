@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 
+from . import auth
 from .settings import from_args, parser
 
 
@@ -17,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model_uri:
         parser().error("--model-uri (or MODELPILOT_MODEL_URI) is required")
     settings = from_args(args)
+    try:  # a guard that cannot work stops the server here, with the reason, instead of refusing every call
+        auth.from_settings(settings.auth_mode, settings.auth_resource, settings.auth_audience,
+                           settings.auth_api_keys_dir)
+    except ValueError as exc:
+        parser().error(str(exc))
     # Workers are separate processes built by the uvicorn factory: they read the same settings back
     # from the environment.
     os.environ.update(settings.to_env())

@@ -30,6 +30,10 @@ IN_FLIGHT = Gauge("modelpilot_requests_in_flight", "Requests being processed", L
                   multiprocess_mode="livesum")
 LOAD_SECONDS = Gauge("modelpilot_model_load_seconds", "Time to fetch, load and warm the model", LABELS,
                      multiprocess_mode="max")
+AUTH_FAILURES = Counter("modelpilot_auth_failures_total", "Requests refused by authentication or authorization",
+                        [*LABELS, "reason"])
+AUTH_REVIEWS = Counter("modelpilot_auth_reviews_total",
+                       "Token reviews asked of the Kubernetes API server (answers are cached per token)", LABELS)
 READY = Gauge("modelpilot_model_ready", "1 when the model is loaded and warm", LABELS, multiprocess_mode="min")
 
 

@@ -34,6 +34,10 @@ class ServeSettings:
     graceful_shutdown_seconds: float = 25.0
     log_level: str = "info"
     expose_errors: bool = False
+    auth_mode: str = "none"
+    auth_audience: str = "modelpilot"
+    auth_resource: str = ""
+    auth_api_keys_dir: str = "/var/run/modelpilot/api-keys"
 
     def to_env(self) -> dict[str, str]:
         return {f"MODELPILOT_{k.upper()}": str(v) for k, v in self.__dict__.items()}
@@ -118,6 +122,16 @@ def parser() -> argparse.ArgumentParser:
                    default=_truthy(str(_default("expose_errors"))),
                    help="put the model's exception text into 500 answers (development only; by default they "
                         "carry an error id and the text goes to the log) [MODELPILOT_EXPOSE_ERRORS]")
+    p.add_argument("--auth-mode", default=_default("auth_mode"), choices=["none", "kubernetes", "api-key"],
+                   help="who may call the model (probes and /metrics stay open) [MODELPILOT_AUTH_MODE]")
+    p.add_argument("--auth-audience", default=_default("auth_audience"),
+                   help="kubernetes: the audience callers' tokens are minted for [MODELPILOT_AUTH_AUDIENCE]")
+    p.add_argument("--auth-resource", default=_default("auth_resource"),
+                   help="kubernetes: NAMESPACE/NAME of the ModelDeployment callers need `create "
+                        "modeldeployments/predict` on [MODELPILOT_AUTH_RESOURCE]")
+    p.add_argument("--auth-api-keys-dir", default=_default("auth_api_keys_dir"),
+                   help="api-key: a directory whose files hold the valid keys (a mounted Secret; re-read when "
+                        "it changes) [MODELPILOT_AUTH_API_KEYS_DIR]")
     p.add_argument("--log-level", default=_default("log_level"),
                    choices=["critical", "error", "warning", "info", "debug"], help="[MODELPILOT_LOG_LEVEL]")
     return p
