@@ -49,6 +49,9 @@ class Settings:
     server_default_limits: str = "none"
     #: sizeLimit of the serving pods' /tmp emptyDir (downloaded model, caches): over it the pod is evicted.
     server_tmp_size_limit: str = "20Gi"
+    #: ServiceAccount (in each tenant namespace) of serving pods of `spec.auth.mode: kubernetes`: allowed to
+    #: create TokenReviews and SubjectAccessReviews, nothing else (the chart creates it per listed namespace).
+    server_auth_service_account: str = "modelpilot-serving"
     #: Default `spec.refreshInterval` in seconds: how often aliases are re-resolved.
     default_refresh_seconds: float = 60.0
     #: Every ModelDeployment is reconciled at least this often (seconds), even when nothing told the

@@ -11,9 +11,9 @@ from typing import Any
 
 from .config import Settings
 from .names import CANARY, STABLE, Owner
-from .observe import ChildKey, deployment_key, route_key, service_key
+from .observe import ChildKey, deployment_key, policy_key, route_key, service_key
 from .plan import Decision
-from .render import render_deployment, render_http_route, render_service
+from .render import render_deployment, render_http_route, render_network_policy, render_service
 from .spec import DeploymentSpec
 
 
@@ -35,6 +35,10 @@ def desired_children(owner: Owner, spec: DeploymentSpec, decision: Decision, set
         service_key(owner): render_service(owner, settings),
     }
     unwanted: list[ChildKey] = []
+    if spec.allow_from:
+        objects[policy_key(owner)] = render_network_policy(owner, spec)
+    else:
+        unwanted.append(policy_key(owner))
     if rollout.canary is not None:
         objects[deployment_key(owner, CANARY)] = render_deployment(
             owner, spec, rollout.canary, settings, track=CANARY, replicas=decision.canary_replicas,

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("v1", "Service"): "services",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("modelpilot.dev/v1alpha1", "ModelDeployment"): "modeldeployments",

@@ -115,6 +115,10 @@ def route_name(owner: Owner) -> str:
     return owner.name
 
 
+def policy_name(owner: Owner) -> str:
+    return owner.name
+
+
 def service_url(owner: Owner, cluster_domain: str) -> str:
     return f"http://{service_name(owner)}.{owner.namespace}.svc.{cluster_domain}"
 

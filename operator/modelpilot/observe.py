@@ -19,6 +19,7 @@ from .names import (
     Owner,
     deployment_name,
     pinned_version,
+    policy_name,
     route_name,
     service_name,
     template_uri,
@@ -47,8 +48,12 @@ def route_key(owner: Owner) -> ChildKey:
     return (GATEWAY_API_VERSION, "HTTPRoute", route_name(owner))
 
 
+def policy_key(owner: Owner) -> ChildKey:
+    return ("networking.k8s.io/v1", "NetworkPolicy", policy_name(owner))
+
+
 def child_keys(owner: Owner, gateway_api: bool) -> list[ChildKey]:
-    keys = [deployment_key(owner), deployment_key(owner, CANARY), service_key(owner)]
+    keys = [deployment_key(owner), deployment_key(owner, CANARY), service_key(owner), policy_key(owner)]
     if gateway_api:
         keys += [service_key(owner, STABLE), service_key(owner, CANARY), route_key(owner)]
     return keys

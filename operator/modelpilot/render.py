@@ -29,6 +29,7 @@ from .names import (
     common_labels,
     deployment_name,
     label_value,
+    policy_name,
     route_name,
     selector_labels,
     service_name,
@@ -38,7 +39,7 @@ from .registry import ResolvedModel
 from .spec import DeploymentSpec
 
 
-def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> list[dict[str, Any]]:
+def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "MODELPILOT_MODEL_URI", "value": resolved.pinned},
         {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri},
@@ -54,6 +55,8 @@ def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> l
         {"name": "MODELPILOT_CACHE_DIR", "value": "/tmp/modelpilot-models"},
         {"name": "HOME", "value": "/tmp"},
     ]
+    if spec.auth.mode != "none":  # (only then: adding env to every pod template would restart every model)
+        env += _auth_env(owner, spec)
     if spec.credentials_secret:
         # The pod downloads the model through the registry with the same credentials the operator used.
         for var, key in (("MLFLOW_TRACKING_TOKEN", "token"), ("MLFLOW_TRACKING_USERNAME", "username"),
@@ -61,8 +64,38 @@ def _env(spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> l
             env.append({"name": var, "valueFrom": {"secretKeyRef": {
                 "name": spec.credentials_secret, "key": key, "optional": True}}})
     reserved = {e["name"] for e in env}
-    env.extend(e for e in spec.runtime.env if e["name"] not in reserved)
+    env.extend(e for e in spec.runtime.env if e["name"] not in reserved and not e["name"].startswith(AUTH_ENV))
     return env
+
+
+#: The scoring server's auth settings: only the spec's `auth` sets them, never `runtime.env`.
+AUTH_ENV = ("MODELPILOT_AUTH_", "MODELPILOT_KUBE_")
+#: Where an apiKey Secret is mounted (kubelet refreshes it in place: keys rotate without a restart).
+API_KEYS_DIR = "/var/run/modelpilot/api-keys"
+
+
+def _auth_env(owner: Owner, spec: DeploymentSpec) -> list[dict[str, Any]]:
+    """All of them, so nothing of the image's defaults or the pod's environment decides."""
+    mode = {"none": "none", "kubernetes": "kubernetes", "apiKey": "api-key"}[spec.auth.mode]
+    return [{"name": "MODELPILOT_AUTH_MODE", "value": mode},
+            {"name": "MODELPILOT_AUTH_RESOURCE", "value": f"{owner.namespace}/{owner.name}"},
+            {"name": "MODELPILOT_AUTH_AUDIENCE", "value": spec.auth.audience},
+            {"name": "MODELPILOT_AUTH_API_KEYS_DIR", "value": API_KEYS_DIR},
+            {"name": "MODELPILOT_KUBE_API_URL", "value": ""},
+            {"name": "MODELPILOT_KUBE_TOKEN_FILE", "value": "/var/run/secrets/kubernetes.io/serviceaccount/token"},
+            {"name": "MODELPILOT_KUBE_CA_FILE", "value": "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"}]
+
+
+def _auth_pod(pod_spec: dict[str, Any], container: dict[str, Any], spec: DeploymentSpec,
+              settings: Settings) -> None:
+    if spec.auth.mode == "kubernetes":
+        # The pod's own token asks the API server about callers' tokens; nothing else is granted to it.
+        pod_spec["serviceAccountName"] = settings.server_auth_service_account
+        pod_spec["automountServiceAccountToken"] = True
+    elif spec.auth.api_key_secret:
+        pod_spec["volumes"].append({"name": "api-keys", "secret": {"secretName": spec.auth.api_key_secret,
+                                                                   "defaultMode": 0o440}})
+        container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
 
 
 def _amounts(text: str) -> dict[str, str]:
@@ -132,7 +165,7 @@ def render_deployment(
         "args": ["--model-uri", resolved.pinned],
         "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"},
                   {"name": "health", "containerPort": settings.server_health_port, "protocol": "TCP"}],
-        "env": _env(spec, resolved, settings),
+        "env": _env(owner, spec, resolved, settings),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3, port=settings.server_probe_port),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3, port=settings.server_probe_port),
         # Loading a model (download + unpickle + warm-up) can take many minutes: liveness starts only
@@ -162,6 +195,7 @@ def render_deployment(
         "volumes": [{"name": "model-cache", "emptyDir": (
             {"sizeLimit": settings.server_tmp_size_limit} if settings.server_tmp_size_limit else {})}],
     }
+    _auth_pod(pod_spec, container, spec, settings)
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     tolerations = list(spec.tolerations)
@@ -255,4 +289,24 @@ def render_http_route(owner: Owner, spec: DeploymentSpec, canary_weight: int | N
             "ownerReferences": [owner.reference()],
         },
         "spec": route_spec,
+    }
+
+
+def render_network_policy(owner: Owner, spec: DeploymentSpec) -> dict[str, Any]:
+    """Ingress to every track's pods only from `spec.networkPolicy.allowFrom`, on the serving port."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": policy_name(owner),
+            "namespace": owner.namespace,
+            "labels": common_labels(owner),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_DEPLOYMENT: owner.name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [dict(peer) for peer in spec.allow_from],
+                         "ports": [{"protocol": "TCP", "port": "http"}]}],
+        },
     }

@@ -25,6 +25,7 @@ MIN_REFRESH_SECONDS = 1.0
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 QUANTITY = re.compile(QUANTITY_PATTERN)
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class InvalidSpec(ValueError):
@@ -95,6 +96,20 @@ class TrafficSpec:
     hostnames: tuple[str, ...] = ()
 
 
+AUTH_MODES = ("none", "kubernetes", "apiKey")
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    """Who may call the model (the scoring server enforces it; probes and /metrics stay open)."""
+
+    mode: str = "none"
+    #: kubernetes: the audience callers' tokens must be minted for.
+    audience: str = "modelpilot"
+    #: apiKey: the Secret (in the ModelDeployment's namespace) whose values are the valid keys.
+    api_key_secret: str | None = None
+
+
 @dataclass(frozen=True)
 class DeploymentSpec:
     model_uri: str
@@ -114,6 +129,9 @@ class DeploymentSpec:
     tolerations: tuple[dict[str, Any], ...]
     canary: CanarySpec | None = None
     traffic: TrafficSpec = field(default_factory=TrafficSpec)
+    auth: AuthSpec = field(default_factory=AuthSpec)
+    #: NetworkPolicy peers (namespaceSelector / podSelector) allowed to reach the pods; () = no policy.
+    allow_from: tuple[dict[str, Any], ...] = ()
 
     @property
     def tracking_uri(self) -> str:
@@ -218,7 +236,48 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         tolerations=tuple(tolerations),
         canary=canary,
         traffic=traffic,
+        auth=_auth(spec.get("auth")),
+        allow_from=_allow_from(spec.get("networkPolicy")),
     )
+
+
+def _auth(raw: Any) -> AuthSpec:
+    auth = _dict(raw, "spec.auth")
+    mode = _choice(auth.get("mode"), "spec.auth.mode", AUTH_MODES, "none")
+    audience = auth.get("audience") or AuthSpec.audience
+    if not isinstance(audience, str):
+        raise InvalidSpec("spec.auth.audience must be a string")
+    ref = _dict(auth.get("apiKeySecretRef"), "spec.auth.apiKeySecretRef")
+    secret = ref.get("name")
+    if secret is not None and (not isinstance(secret, str) or not DNS_SUBDOMAIN.match(secret)):
+        raise InvalidSpec(f"spec.auth.apiKeySecretRef.name must be a Secret name, got {secret!r}")
+    if mode == "apiKey" and not secret:
+        raise InvalidSpec("spec.auth.mode apiKey needs spec.auth.apiKeySecretRef.name: the Secret whose values "
+                          "are the keys callers may send")
+    return AuthSpec(mode=mode, audience=audience, api_key_secret=secret if mode == "apiKey" else None)
+
+
+_PEER_KEYS = {"namespaceSelector", "podSelector"}
+
+
+def _allow_from(raw: Any) -> tuple[dict[str, Any], ...]:
+    policy = _dict(raw, "spec.networkPolicy")
+    peers = policy.get("allowFrom")
+    if peers is None:
+        return ()
+    if not isinstance(peers, list) or not peers:
+        raise InvalidSpec("spec.networkPolicy.allowFrom must be a non-empty list of {namespaceSelector, "
+                          "podSelector} peers (leave it out for no policy)")
+    out = []
+    for i, peer in enumerate(peers):
+        if not isinstance(peer, dict) or not peer or set(peer) - _PEER_KEYS:
+            raise InvalidSpec(f"spec.networkPolicy.allowFrom[{i}] must set namespaceSelector and/or podSelector")
+        for key, selector in peer.items():
+            if not isinstance(selector, dict) or set(selector) - {"matchLabels", "matchExpressions"}:
+                raise InvalidSpec(f"spec.networkPolicy.allowFrom[{i}].{key} must be a label selector "
+                                  "(matchLabels, matchExpressions)")
+        out.append({k: peer[k] for k in sorted(peer)})
+    return tuple(out)
 
 
 def _choice(value: Any, path: str, choices: tuple[str, ...], default: str) -> str:

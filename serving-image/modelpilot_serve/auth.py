@@ -234,10 +234,10 @@ def from_settings(mode: str, resource: str, audience: str, api_keys_dir: str) ->
         if not namespace or not name:
             raise ValueError("--auth-mode kubernetes needs --auth-resource NAMESPACE/NAME")
         # Outside a pod (tests, a laptop), these say where the API server is and what to ask it with.
-        token = Path(os.environ.get("MODELPILOT_KUBE_TOKEN_FILE", SA_DIR / "token"))
-        ca = Path(os.environ.get("MODELPILOT_KUBE_CA_FILE", SA_DIR / "ca.crt"))
+        token = Path(os.environ.get("MODELPILOT_KUBE_TOKEN_FILE") or SA_DIR / "token")
+        ca = Path(os.environ.get("MODELPILOT_KUBE_CA_FILE") or SA_DIR / "ca.crt")
         if not token.is_file():
             raise ValueError(f"--auth-mode kubernetes needs the pod's ServiceAccount token ({token}): give the "
                              "pod a ServiceAccount allowed to create TokenReviews and SubjectAccessReviews")
-        return KubernetesAuth(namespace, name, audience, os.environ.get("MODELPILOT_KUBE_API_URL"), token, ca)
+        return KubernetesAuth(namespace, name, audience, os.environ.get("MODELPILOT_KUBE_API_URL") or None, token, ca)
     raise ValueError(f"unknown --auth-mode {mode!r}: none, kubernetes or api-key")

@@ -36,6 +36,7 @@ OPERATOR_NEEDS = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "create", "patch", "delete"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
     # leader election (operator/modelpilot/leader.py), in the release namespace, on its one Lease
@@ -240,3 +241,21 @@ def test_registry_allowlist_reaches_the_operator(helm: str) -> None:
     default = next(d for d in render(helm) if d["kind"] == "Deployment")
     env = {e["name"]: e["value"] for e in default["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
     assert Settings.from_env(env).allowed_registry_urls == ()
+
+
+def test_kubernetes_auth_namespaces_get_a_serving_account_that_may_only_review_tokens(helm: str) -> None:
+    assert not [d for d in render(helm) if "token-reviewer" in d["metadata"]["name"]]  # off by default
+    docs = render(helm, "--set", "scoringServer.auth.kubernetesNamespaces={team-a,team-b}")
+    accounts = sorted((d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs
+                      if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "modelpilot-serving")
+    assert accounts == [("team-a", "modelpilot-serving"), ("team-b", "modelpilot-serving")]
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-token-reviewer")]
+    assert role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}]
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"
+                  and d["metadata"]["name"].endswith("-token-reviewer")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelpilot-serving", "namespace": ns}
+                                   for ns in ("team-a", "team-b")]
+    env = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "MODELPILOT_SERVER_AUTH_SERVICE_ACCOUNT", "value": "modelpilot-serving"} in env

@@ -121,6 +121,21 @@ def test_operator_scenario_with_the_charts_serviceaccount(
         reapply(control_plane, canary)
         wait_for(lambda: kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "m") is None, 60,
                  "the HTTPRoute to be removed")
+        # spec.networkPolicy: the NetworkPolicy is created, changed and deleted with the spec
+        peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "callers"}}}]
+        canary["spec"]["networkPolicy"] = {"allowFrom": peers}
+        reapply(control_plane, canary)
+        policy = wait_for(lambda: kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "m"), 60,
+                          f"the NetworkPolicy\n{limited.logs()}")
+        assert policy["spec"]["ingress"][0]["from"] == peers
+        peers.append({"podSelector": {"matchLabels": {"app": "gateway"}}})
+        reapply(control_plane, canary)
+        wait_for(lambda: len((kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "m") or {}).get(
+            "spec", {}).get("ingress", [{}])[0].get("from", [])) == 2, 60, "the NetworkPolicy to be updated")
+        del canary["spec"]["networkPolicy"]
+        reapply(control_plane, canary)
+        wait_for(lambda: kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "m") is None, 60,
+                 "the NetworkPolicy to be removed")
         # an unresolvable URI: the operator only reads the (missing) Deployment and reports
         apply(control_plane, mdep_manifest("typo", namespace, f"models:/{model_name}@no-such-alias"))
         wait_event(kube, namespace, "typo", "ModelNotFound", "Warning")

@@ -64,6 +64,18 @@ GOOD = "models:/fraud-detector@champion"
                      "spec.traffic.gatewayAPI.hostnames[0]", "should match", id="hostname"),
         pytest.param({"model": {"uri": GOOD}, "traffic": {"gatewayAPI": {"parentRefs": [{"name": "g", "port": 0}]}}},
                      "spec.traffic.gatewayAPI.parentRefs[0].port", "greater than or equal to 1", id="parent-port"),
+        pytest.param({"model": {"uri": GOOD}, "auth": {"mode": "apiKey"}}, "spec.auth", "needs apiKeySecretRef",
+                     id="api-key-without-secret"),
+        pytest.param({"model": {"uri": GOOD}, "auth": {"mode": "oauth"}}, "spec.auth.mode", "Unsupported value",
+                     id="auth-mode"),
+        pytest.param({"model": {"uri": GOOD}, "auth": {"mode": "apiKey", "apiKeySecretRef": {"name": "A/b"}}},
+                     "spec.auth.apiKeySecretRef.name", "should match", id="api-key-secret-name"),
+        pytest.param({"model": {"uri": GOOD}, "networkPolicy": {"allowFrom": [{}]}},
+                     "spec.networkPolicy.allowFrom[0]", "namespaceSelector, podSelector or both", id="empty-peer"),
+        pytest.param({"model": {"uri": GOOD}, "networkPolicy": {"allowFrom": [{"podSelector": {
+            "matchExpressions": [{"key": "app", "operator": "Near"}]}}]}},
+                     "spec.networkPolicy.allowFrom[0].podSelector.matchExpressions[0].operator", "Unsupported value",
+                     id="selector-operator"),
     ],
 )
 def test_invalid_specs_are_refused_naming_the_field(
@@ -84,7 +96,10 @@ def test_valid_spec_is_accepted_with_dry_run(control_plane: ControlPlane, namesp
     manifest = mdep_manifest("ok", namespace, GOOD, replicas=0, refreshInterval="1h30m",
                              runtime={"variant": "gpu", "batching": {"maxBatchSize": 8, "maxDelayMs": 2.5}},
                              resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "gpu": 1},
-                             canary={"model": {"uri": "models:/fraud-detector@challenger"}, "weight": 10})
+                             canary={"model": {"uri": "models:/fraud-detector@challenger"}, "weight": 10},
+                             auth={"mode": "kubernetes", "audience": "https://models.example.com/fraud"},
+                             networkPolicy={"allowFrom": [{"namespaceSelector": {}, "podSelector": {
+                                 "matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "b"]}]}}]})
     import json
 
     result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)

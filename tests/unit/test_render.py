@@ -221,3 +221,62 @@ def test_spec_defaults() -> None:
     assert spec.credentials_secret is None
     assert parse_spec(BASE, Settings(default_tracking_uri="http://x", default_credentials_secret="d")
                       ).credentials_required is False
+
+
+def test_no_auth_adds_nothing_to_the_pod_and_env_cannot_switch_a_guard_on_or_off() -> None:
+    dep = build({**BASE, "runtime": {"env": [{"name": "MODELPILOT_AUTH_MODE", "value": "none"},
+                                             {"name": "MODELPILOT_KUBE_API_URL", "value": "https://evil"}]}})
+    assert not [k for k in env(dep) if k.startswith(("MODELPILOT_AUTH_", "MODELPILOT_KUBE_"))]
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    keyed = build({**BASE, "auth": {"mode": "apiKey", "apiKeySecretRef": {"name": "fraud-keys"}},
+                   "runtime": {"env": [{"name": "MODELPILOT_AUTH_MODE", "value": "none"}]}})
+    assert env(keyed)["MODELPILOT_AUTH_MODE"] == "api-key"
+    assert [e["name"] for e in container(keyed)["env"]].count("MODELPILOT_AUTH_MODE") == 1
+
+
+def test_api_key_auth_mounts_the_named_secret_read_only() -> None:
+    dep = build({**BASE, "auth": {"mode": "apiKey", "apiKeySecretRef": {"name": "fraud-keys"}}})
+    pod = dep["spec"]["template"]["spec"]
+    assert {"name": "api-keys", "secret": {"secretName": "fraud-keys", "defaultMode": 0o440}} in pod["volumes"]
+    assert {"name": "api-keys", "mountPath": render.API_KEYS_DIR, "readOnly": True} in container(dep)["volumeMounts"]
+    assert env(dep)["MODELPILOT_AUTH_API_KEYS_DIR"] == render.API_KEYS_DIR
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+
+
+def test_kubernetes_auth_runs_as_the_token_reviewing_account_for_this_model() -> None:
+    dep = build({**BASE, "auth": {"mode": "kubernetes", "audience": "fraud.risk"}})
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == SETTINGS.server_auth_service_account
+    assert pod["automountServiceAccountToken"] is True
+    assert env(dep)["MODELPILOT_AUTH_MODE"] == "kubernetes"
+    assert env(dep)["MODELPILOT_AUTH_RESOURCE"] == "risk/fraud"
+    assert env(dep)["MODELPILOT_AUTH_AUDIENCE"] == "fraud.risk"
+
+
+@pytest.mark.parametrize(("auth", "message"), [
+    ({"mode": "apiKey"}, "needs spec.auth.apiKeySecretRef.name"),
+    ({"mode": "apiKey", "apiKeySecretRef": {"name": "../etc"}}, "must be a Secret name"),
+    ({"mode": "mtls"}, "spec.auth.mode must be one of none, kubernetes, apiKey"),
+    ({"audience": 3}, "spec.auth.audience must be a string"),
+])
+def test_bad_auth_names_the_field(auth: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpec, match=re.escape(message)):
+        parse_spec({**BASE, "auth": auth}, SETTINGS)
+
+
+def test_allow_from_renders_an_owned_ingress_policy_for_every_track() -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "checkout"}}},
+             {"podSelector": {"matchLabels": {"app": "gateway"}}, "namespaceSelector": {}}]
+    spec = parse_spec({**BASE, "networkPolicy": {"allowFrom": peers}}, SETTINGS)
+    policy = render.render_network_policy(OWNER, spec)
+    assert policy["metadata"]["ownerReferences"] == [OWNER.reference()]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {names.LABEL_DEPLOYMENT: "fraud"}}
+    assert policy["spec"]["ingress"] == [{"from": peers, "ports": [{"protocol": "TCP", "port": "http"}]}]
+    assert parse_spec(BASE, SETTINGS).allow_from == ()
+
+
+@pytest.mark.parametrize("policy", [{"allowFrom": []}, {"allowFrom": [{}]}, {"allowFrom": [{"ipBlock": {}}]},
+                                    {"allowFrom": [{"podSelector": "app=x"}]}, {"allowFrom": "everyone"}])
+def test_bad_allow_from_names_the_field(policy: dict[str, Any]) -> None:
+    with pytest.raises(InvalidSpec, match="spec.networkPolicy.allowFrom"):
+        parse_spec({**BASE, "networkPolicy": policy}, SETTINGS)

@@ -67,6 +67,10 @@ the namespace's `default` account would grant the operator's permissions to ever
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "create", "patch", "delete"]
+# spec.networkPolicy.allowFrom: one NetworkPolicy per ModelDeployment that sets it.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
