@@ -4,7 +4,9 @@ One model registered in a real MLflow server (RandomForest, 50 trees x 20 featur
   - `mlflow models serve` (1 worker),
   - MLServer 1.7 + mlserver-mlflow with adaptive batching (max_batch_size 32, max_batch_time 5 ms,
     inference in the server process), in its own virtualenv (.bench/mlserver-venv),
-  - `modelpilot-serve` (1 worker).
+  - `modelpilot-serve` (1 worker),
+  - `modelpilot-serve` (1 worker) with `--auth-mode api-key`: every request carries a key, checked
+    against the keys' digests (the same per-request cost as a cached Kubernetes token answer).
 Each is driven by the same load generator (wrk, from Debian) with the same rows: MLflow-protocol
 `dataframe_split` on POST /invocations, except MLServer, whose adaptive batching only applies to its
 v2 endpoint, which gets the rows as v2 tensors. 1-row requests at concurrency 1, 8 and 32, and
@@ -46,7 +48,11 @@ class Run:
     errors: int
 
 
-def wrk_script(path: Path, rows: int, v2: bool = False) -> Path:
+API_KEY = "bench-key-0123456789abcdef"
+GUARDED = "modelpilot-serve (api-key auth)"
+
+
+def wrk_script(path: Path, rows: int, v2: bool = False, key: str | None = None) -> Path:
     """The request body: MLflow `dataframe_split`, or (for MLServer) the same rows as v2 tensors."""
     import numpy as np
 
@@ -59,7 +65,8 @@ def wrk_script(path: Path, rows: int, v2: bool = False) -> Path:
             for i, c in enumerate(columns)]})
     else:
         body = json.dumps({"dataframe_split": {"columns": columns, "data": data.tolist()}})
-    path.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
+    path.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n' + auth +
                     f"wrk.body = [==[{body}]==]\n")
     return path
 
@@ -189,8 +196,19 @@ def main(argv: list[str] | None = None) -> int:
                           work / "modelpilot-serve.log", env=env))
         servers["modelpilot-serve"] = f"http://127.0.0.1:{port}"
 
+        keys = work / "api-keys"
+        keys.mkdir(exist_ok=True)
+        (keys / "bench").write_text(API_KEY)
+        port = free_port()
+        procs.append(Proc(GUARDED, [str(serve_bin), "--model-uri", uri, "--port", str(port), "--host",
+                                    "127.0.0.1", "--workers", "1", "--log-level", "warning",
+                                    "--health-port", str(free_port()), "--cache-dir", str(work / "cache-guarded"),
+                                    "--auth-mode", "api-key", "--auth-api-keys-dir", str(keys)],
+                          work / "modelpilot-serve-guarded.log", env=env))
+        servers[GUARDED] = f"http://127.0.0.1:{port}"
+
         health = {"mlflow models serve": "/ping", "MLServer (adaptive batching)": "/v2/health/ready",
-                  "modelpilot-serve": "/ping"}
+                  "modelpilot-serve": "/ping", GUARDED: "/ping"}
         for proc in procs:
             wait_for(lambda proc=proc: ready(servers[proc.name] + health[proc.name], proc), 240,
                      f"{proc.name} to be ready")
@@ -199,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         # bypasses it), so it is driven there, with the same rows as v2 tensors.
         paths = {name: "/invocations" for name in servers}
         paths["MLServer (adaptive batching)"] = "/v2/models/forest/infer"
-        scripts = {(rows, v2): wrk_script(work / f"body-{rows}{'-v2' if v2 else ''}.lua", rows, v2)
+        scripts = {(rows, v2, False): wrk_script(work / f"body-{rows}{'-v2' if v2 else ''}.lua", rows, v2)
                    for rows in (1, 100) for v2 in (False, True)}
+        scripts.update({(rows, False, True): wrk_script(work / f"body-{rows}-key.lua", rows, key=API_KEY)
+                        for rows in (1, 100)})
         results: dict[tuple[str, int, int], Run] = {}
         own_samples = [own1]
         for name, url in servers.items():
             for _label, conc, rows in SCENARIOS:
-                script = scripts[(rows, paths[name] != "/invocations")]
+                script = scripts[(rows, paths[name] != "/invocations", name == GUARDED)]
                 run = drive(url + paths[name], script, conc, args.seconds)
                 results[(name, conc, rows)] = run
                 print(f"  {name:30s} {rows:3d} row(s) c={conc:<3d} {run.rps:8.1f} req/s  p50 {run.p50_ms:7.2f} ms"
@@ -241,14 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     a32 = results[("mlflow models serve", 32, 1)]
     b32 = results[("MLServer (adaptive batching)", 32, 1)]
     o1 = results[(ours, 1, 1)]
+    g1 = results[(GUARDED, 1, 1)]
     checks = [
         (f">= 20x mlflow serve req/s at c=32: {o32.rps / a32.rps:.1f}x", o32.rps >= 20 * a32.rps),
         (f">= 4x MLServer req/s at c=32: {o32.rps / b32.rps:.1f}x", o32.rps >= 4 * b32.rps),
         (f"lower p99 than both at c=32: {o32.p99_ms:.1f} vs {a32.p99_ms:.1f} / {b32.p99_ms:.1f} ms",
          o32.p99_ms < min(a32.p99_ms, b32.p99_ms)),
         (f"p50 at c=1 <= own predict + 1.5 ms: {o1.p50_ms:.2f} <= {own1 + 1.5:.2f} ms", o1.p50_ms <= own1 + 1.5),
+        (f"auth adds <= 0.3 ms to p50 at c=1: {g1.p50_ms - o1.p50_ms:+.2f} ms ({g1.p50_ms:.2f} vs {o1.p50_ms:.2f})",
+         g1.p50_ms - o1.p50_ms <= 0.3),
         (f"no failed requests for modelpilot-serve: {sum(r.errors for k, r in results.items() if k[0] == ours)}",
-         all(r.errors == 0 for k, r in results.items() if k[0] == ours)),
+         all(r.errors == 0 for k, r in results.items() if k[0] in (ours, GUARDED))),
     ]
     print("\nTargets:")
     for text, ok in checks:

@@ -42,6 +42,7 @@ from .errors import (
     RequestTimeout,
     ServingError,
     Timeout,
+    UnsupportedMediaType,
 )
 from .loader import LoadedModel, load, name_from_uri, version_from_uri
 from .settings import ServeSettings
@@ -391,6 +392,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
+    if encoding != "identity":  # never inflated here: a 10 MB gzip body can stand for gigabytes
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
     declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body has {int(declared)} bytes; the limit is {limit}")

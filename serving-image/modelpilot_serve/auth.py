@@ -23,6 +23,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import ssl
 import time
 from collections import OrderedDict
@@ -38,6 +39,7 @@ log = logging.getLogger("modelpilot_serve")
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 GROUP, RESOURCE, SUBRESOURCE, VERB = "modelpilot.dev", "modeldeployments", "predict", "create"
+JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
 class Unauthorized(ServingError):
@@ -123,6 +125,9 @@ class KubernetesAuth:
     """TokenReview + SubjectAccessReview against the API server, cached per token digest."""
 
     ALLOWED_TTL, DENIED_TTL, CACHE_SIZE = 10.0, 2.0, 10_000
+    #: Reviews under way at once; past it new tokens get 401 + Retry-After (a flood of made-up tokens
+    #: must not queue without bound or hammer the API server).
+    MAX_PENDING = 64
 
     #: Called once per review sent to the API server (the app counts them in a metric).
     on_review: Any = None
@@ -147,10 +152,14 @@ class KubernetesAuth:
         if token is None:
             raise Unauthorized("this model needs a Kubernetes ServiceAccount token for the audience "
                                f"{self.audience!r}: send Authorization: Bearer <token>")
+        if not JWT.match(token):  # ServiceAccount tokens are JWTs: anything else is refused without asking
+            raise Unauthorized("the bearer token is not a Kubernetes ServiceAccount token (a JWT)")
         key = _digest(token)
         answer = self._cache.get(key)
         if answer is None or answer.until < time.monotonic():
             pending = self._pending.get(key)
+            if pending is None and len(self._pending) >= self.MAX_PENDING:
+                raise Unverifiable("too many tokens are being verified right now; retry shortly")
             if pending is None:  # one review per token at a time, however many requests carry it
                 pending = self._pending[key] = asyncio.ensure_future(self._review(key, token))
                 pending.add_done_callback(lambda _: self._pending.pop(key, None))
@@ -239,5 +248,9 @@ def from_settings(mode: str, resource: str, audience: str, api_keys_dir: str) ->
         if not token.is_file():
             raise ValueError(f"--auth-mode kubernetes needs the pod's ServiceAccount token ({token}): give the "
                              "pod a ServiceAccount allowed to create TokenReviews and SubjectAccessReviews")
-        return KubernetesAuth(namespace, name, audience, os.environ.get("MODELPILOT_KUBE_API_URL") or None, token, ca)
+        try:
+            return KubernetesAuth(namespace, name, audience, os.environ.get("MODELPILOT_KUBE_API_URL") or None,
+                                  token, ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--auth-mode kubernetes cannot use the API server's CA {ca}: {exc}") from None
     raise ValueError(f"unknown --auth-mode {mode!r}: none, kubernetes or api-key")

@@ -291,3 +291,14 @@ def test_operator_status_reports_invalid_spec_past_the_schema(
     obj = wait_reason(kube, namespace, "m", "Ready", "InvalidSpec")
     assert "spec.model.uri" in condition(obj, "Ready")["message"]
     assert deployment(kube, namespace, "m") is None
+
+
+def test_kubernetes_auth_where_the_platform_has_not_enabled_it_says_so(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    """No token-reviewing ServiceAccount in the namespace: the pods cannot be created, and status says why."""
+    registry.register(model_name, alias="champion")
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", auth={"mode": "kubernetes"}))
+    obj = wait_reason(kube, namespace, "m", "Progressing", "RolloutFailed", timeout=90)
+    assert 'serviceaccount "modelpilot-serving" not found' in condition(obj, "Progressing")["message"]
+    assert condition(obj, "Ready")["status"] == "False"

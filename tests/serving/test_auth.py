@@ -131,3 +131,26 @@ def test_kubernetes_tokens_are_checked_by_the_api_server(start_server: StartServ
     before = metric(server, "modelpilot_auth_reviews_total")
     assert all(call(server, bearer(caller)).status_code == 200 for _ in range(50))
     assert metric(server, "modelpilot_auth_reviews_total") - before <= 1
+
+
+def test_an_api_server_that_does_not_answer_is_a_401_to_retry_never_a_5xx(
+        start_server: StartServer, model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections into the backlog, never answers
+    own = tmp_path / "token"
+    own.write_text("a.b.c")
+    try:
+        server = start_server(model_dirs["sklearn"], "--auth-mode", "kubernetes", "--auth-resource", "ns/m", env={
+            "MODELPILOT_KUBE_API_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "MODELPILOT_KUBE_TOKEN_FILE": str(own), "MODELPILOT_KUBE_CA_FILE": ""})
+        assert call(server, bearer("not a jwt")).status_code == 401  # refused without asking anyone
+        assert metric(server, "modelpilot_auth_reviews_total") == 0
+        r = call(server, bearer("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"))
+        assert r.status_code == 401 and r.headers["Retry-After"] == "1", r.text
+        assert "did not answer" in r.json()["message"]
+        assert failures(server, "unverifiable") == 1
+    finally:
+        silent.close()

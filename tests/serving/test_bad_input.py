@@ -73,3 +73,16 @@ def test_bad_payloads_get_the_status_class_mlflow_models_serve_gives(
     assert ours.headers["content-type"] == "application/json" and "Traceback" not in ours.text
     if ours.status_code == 200:
         assert ours.json() == theirs.json()
+
+
+def test_a_compressed_body_is_refused_not_inflated(sklearn_server: Server, mlflow_reference: Server) -> None:
+    import gzip
+
+    import requests
+
+    body = gzip.compress(b'{"dataframe_split": {"columns": ["a"], "data": [[0]]}}' + b" " * 10_000_000)
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    ours = requests.post(sklearn_server.url + "/invocations", data=body, headers=headers, timeout=30)
+    theirs = requests.post(mlflow_reference.url + "/invocations", data=body, headers=headers, timeout=30)
+    assert ours.status_code == 415 and "Content-Encoding 'gzip' is not supported" in ours.json()["message"]
+    assert status_class(theirs.status_code) == "4xx"

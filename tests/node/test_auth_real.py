@@ -1,0 +1,83 @@
+"""Authenticated models on the real node, with the real API server: 401 / 403 / 200 for Kubernetes
+ServiceAccount tokens (RBAC on `modeldeployments/predict`) and for API keys from a Secret."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import requests
+
+from hack.controlplane import ControlPlane
+from hack.proc import wait_for
+from hack.realnode import RealNode
+from modelpilot.kube import Kube
+from tests.helpers import Operator, Registry, apply, mdep_manifest, reapply, wait_ready
+from tests.node.test_real_node import COLUMNS, frame, service_url
+
+pytestmark = pytest.mark.cluster
+
+BODY = json.dumps({"dataframe_split": frame(3, seed=1).to_dict(orient="split") | {"index": None}})
+
+
+def call(url: str, headers: dict[str, str] | None = None) -> requests.Response:
+    return requests.post(f"{url}/invocations", data=BODY, timeout=30,
+                         headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_reviewer(cp: ControlPlane, namespace: str) -> None:
+    """What the chart creates for a namespace in scoringServer.auth.kubernetesNamespaces."""
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": f"token-reviewer-{namespace}"},
+            "rules": [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+                      {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
+                       "verbs": ["create"]}]}
+    cp.kubectl("apply", "-f", "-", input=json.dumps(role))
+    cp.kubectl("create", "serviceaccount", "modelpilot-serving", "-n", namespace)
+    cp.kubectl("create", "clusterrolebinding", f"token-reviewer-{namespace}",
+               f"--clusterrole=token-reviewer-{namespace}", f"--serviceaccount={namespace}:modelpilot-serving")
+
+
+def test_kubernetes_tokens_and_api_keys_guard_a_model_on_the_real_node(
+        control_plane: ControlPlane, kube: Kube, real_node: RealNode, node_registry: Registry,
+        node_operator: Operator, namespace: str, model_name: str) -> None:
+    assert len(COLUMNS) == 4
+    node_registry.register(model_name, alias="champion", seed=0)
+    token_reviewer(control_plane, namespace)
+    manifest = mdep_manifest("guarded", namespace, f"models:/{model_name}@champion", auth={"mode": "kubernetes"})
+    apply(control_plane, manifest)
+    wait_ready(kube, namespace, "guarded", timeout=240, operator=node_operator)
+    url = service_url(kube, namespace, "guarded")
+    control_plane.kubectl("create", "serviceaccount", "caller", "-n", namespace)
+    caller = control_plane.kubectl("create", "token", "caller", "-n", namespace,
+                                   "--audience", "modelpilot").stdout.strip()
+
+    assert call(url).status_code == 401
+    denied = call(url, bearer(caller))
+    assert denied.status_code == 403, denied.text
+    assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200  # probes stay open
+    control_plane.kubectl("create", "role", "predict-guarded", "-n", namespace, "--verb=create",
+                          "--resource=modeldeployments.modelpilot.dev/predict", "--resource-name=guarded")
+    control_plane.kubectl("create", "rolebinding", "caller-predicts", "-n", namespace, "--role=predict-guarded",
+                          f"--serviceaccount={namespace}:caller")
+    wait_for(lambda: call(url, bearer(caller)).status_code == 200, 30, "the Role to let the caller in")
+
+    # The same model behind API keys: the Secret's values are the keys.
+    secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret",
+                              "metadata": {"name": "guarded-keys", "namespace": namespace},
+                              "data": {"checkout": base64.b64encode(b"k-123-checkout").decode()}}
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    manifest["spec"]["auth"] = {"mode": "apiKey", "apiKeySecretRef": {"name": "guarded-keys"}}
+    reapply(control_plane, manifest)
+    wait_for(lambda: call(url, {"X-API-Key": "k-123-checkout"}).status_code == 200, 240,
+             f"the API-key pods to serve\n{node_operator.logs()}")
+    wait_ready(kube, namespace, "guarded", timeout=120, operator=node_operator)
+    assert call(url).status_code == 401
+    assert call(url, bearer(caller)).status_code == 403  # a token is not a key
+    assert call(url, bearer("k-123-checkout")).status_code == 200
