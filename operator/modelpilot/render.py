@@ -93,8 +93,9 @@ def _auth_pod(pod_spec: dict[str, Any], container: dict[str, Any], spec: Deploym
         pod_spec["serviceAccountName"] = settings.server_auth_service_account
         pod_spec["automountServiceAccountToken"] = True
     elif spec.auth.api_key_secret:
+        # Readable by the server's non-root user (the pod runs nothing else); mounted read-only.
         pod_spec["volumes"].append({"name": "api-keys", "secret": {"secretName": spec.auth.api_key_secret,
-                                                                   "defaultMode": 0o440}})
+                                                                   "defaultMode": 0o444}})
         container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
 
 

@@ -90,16 +90,13 @@ class ApiKeys:
         try:
             files = sorted(p for p in self.directory.iterdir() if not p.name.startswith(".") and p.is_file())
             stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+            if stamp == self._stamp:
+                return
+            keys = [p.read_text(errors="surrogateescape").strip() for p in files]
         except OSError as exc:
             log.warning("Cannot read the API keys in %s: %s", self.directory, exc)
             return  # keep the keys we had
-        if stamp == self._stamp:
-            return
-        digests = []
-        for p in files:
-            key = p.read_text(errors="surrogateescape").strip()
-            if key:
-                digests.append(_digest(key))
+        digests = [_digest(key) for key in keys if key]
         self._digests, self._stamp = digests, stamp
         log.info("API keys loaded: %d", len(digests))
 

@@ -31,6 +31,14 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def pod_report(cp: ControlPlane, namespace: str) -> str:
+    pods = cp.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+    logs = cp.kubectl("logs", "-n", namespace, "-l", "modelpilot.dev/deployment=guarded", "--tail=30",
+                      "--prefix", check=False)
+    events = cp.kubectl("get", "events", "-n", namespace, check=False).stdout
+    return f"{pods}\n{logs.stdout}{logs.stderr}\n{events[-3000:]}"
+
+
 def token_reviewer(cp: ControlPlane, namespace: str) -> None:
     """What the chart creates for a namespace in scoringServer.auth.kubernetesNamespaces."""
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
@@ -75,9 +83,15 @@ def test_kubernetes_tokens_and_api_keys_guard_a_model_on_the_real_node(
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(secret))
     manifest["spec"]["auth"] = {"mode": "apiKey", "apiKeySecretRef": {"name": "guarded-keys"}}
     reapply(control_plane, manifest)
-    wait_for(lambda: call(url, {"X-API-Key": "k-123-checkout"}).status_code == 200, 240,
-             f"the API-key pods to serve\n{node_operator.logs()}")
+    try:
+        wait_for(lambda: call(url, {"X-API-Key": "k-123-checkout"}).status_code == 200, 240,
+                 "the API-key pods to serve")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{pod_report(control_plane, namespace)}") from None
     wait_ready(kube, namespace, "guarded", timeout=120, operator=node_operator)
+    # the kubernetes-mode pod keeps answering for a few seconds while it terminates (preStop)
+    wait_for(lambda: all(call(url, bearer("k-123-checkout")).status_code == 200 for _ in range(5)), 60,
+             "only API-key pods to answer")
     assert call(url).status_code == 401
     assert call(url, bearer(caller)).status_code == 403  # a token is not a key
     assert call(url, bearer("k-123-checkout")).status_code == 200

@@ -237,7 +237,7 @@ def test_no_auth_adds_nothing_to_the_pod_and_env_cannot_switch_a_guard_on_or_off
 def test_api_key_auth_mounts_the_named_secret_read_only() -> None:
     dep = build({**BASE, "auth": {"mode": "apiKey", "apiKeySecretRef": {"name": "fraud-keys"}}})
     pod = dep["spec"]["template"]["spec"]
-    assert {"name": "api-keys", "secret": {"secretName": "fraud-keys", "defaultMode": 0o440}} in pod["volumes"]
+    assert {"name": "api-keys", "secret": {"secretName": "fraud-keys", "defaultMode": 0o444}} in pod["volumes"]
     assert {"name": "api-keys", "mountPath": render.API_KEYS_DIR, "readOnly": True} in container(dep)["volumeMounts"]
     assert env(dep)["MODELPILOT_AUTH_API_KEYS_DIR"] == render.API_KEYS_DIR
     assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
