@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
     def apply(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]: ...
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
@@ -65,10 +67,15 @@ def _current(live: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 def apply_children(writer: Writer, world: World, desired: Desired, field_manager: str) -> Applied:
     objects = dict(world.objects)
-    in_the_way = world.foreign(list(desired.objects))
+    namespace = world.owner.namespace
+    for key in desired.objects:
+        if objects.get(key) is None:
+            # the world may come from label-selected watches, which never show someone else's object
+            # under this name: ask the API server before creating anything
+            objects[key] = writer.get(key[0], key[1], namespace, key[2])
+    in_the_way = World(world.owner, objects, world.gateway_api).foreign(list(desired.objects))
     if in_the_way:
         return Applied(objects, tuple(describe(k) for k in in_the_way))
-    namespace = world.owner.namespace
     for key, unstamped in desired.objects.items():
         wanted = stamped(unstamped)
         live = objects.get(key)

@@ -14,10 +14,11 @@ from typing import Any
 import kopf
 
 from . import metrics
+from .cache import CHILDREN, WATCHED, Cache
 from .config import Settings
 from .kube import Kube, KubeError
 from .leader import LeaderElector, LeaseConfig, own_namespace
-from .names import GROUP, LABEL_DEPLOYMENT, MANAGED_BY, PLURAL, VERSION
+from .names import API_VERSION, GROUP, KIND, LABEL_DEPLOYMENT, MANAGED_BY, PLURAL, VERSION
 from .reconciler import Reconciler
 from .resolver import Key
 from .webhook import Receiver, WebhookServer
@@ -29,7 +30,11 @@ STALL_SECONDS = 120.0
 log = logging.getLogger(__name__)
 
 
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+
 class _State:
+    cache: Cache | None = None
     queue: WorkQueue[Key] | None = None
     reconciler: Reconciler | None = None
     task: asyncio.Task[None] | None = None
@@ -69,10 +74,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # our own Events are written by the reconcile, with reasons
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    for group, version, plural, *_kind in CHILDREN:
+        # filtered by the API server: other teams' Deployments and Services never reach this process
+        settings.watching.label_selectors[group, version, plural] = "app.kubernetes.io/managed-by=" + MANAGED_BY
     kube = Kube.from_environment()
+    state.cache = Cache(kube, WATCHED)
     state.queue = WorkQueue(_reconcile, workers=config.reconcile_workers,
                             error_delay=lambda _k, n: error_backoff(config.retry_base_seconds, n))
-    state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_threadsafe)
+    state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_threadsafe, cache=state.cache)
     state.reconciler.outbound.start()
     state.reconciler.resolver.start_refresher()
     if config.webhook_port:
@@ -115,17 +124,51 @@ async def cleanup(**_: Any) -> None:
         await asyncio.to_thread(state.elector.release)
 
 
+# Index handlers fill the cache: kopf runs them for every object of the initial listings and holds
+# every other handler back until all listings are in, so no reconcile reads a cache that is still
+# filling (and mistakes a child not listed yet for a missing one). Deletions come through the
+# event handlers, which run after them and only enqueue.
+def _cached(api_version: str, kind: str, event: kopf.RawEvent) -> None:
+    obj: Any = event.get("object")
+    if state.cache is None or not isinstance(obj, dict):
+        return
+    if event.get("type") == "DELETED":
+        meta = obj.get("metadata") or {}
+        state.cache.remove(api_version, kind, meta.get("namespace") or "", meta.get("name") or "")
+    else:
+        state.cache.put(api_version, kind, obj)
+
+
+@kopf.index(GROUP, VERSION, PLURAL, id="cache-modeldeployments")
+def index_modeldeployment(body: kopf.Body, **_: Any) -> None:
+    if state.cache is not None:
+        state.cache.put(API_VERSION, KIND, dict(body))
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def modeldeployment_event(name: str, namespace: str | None, **_: Any) -> None:
+async def modeldeployment_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+    _cached(API_VERSION, KIND, event)
     if namespace:
         _enqueue((namespace, name))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-async def child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
-    owner = labels.get(LABEL_DEPLOYMENT)
-    if owner and namespace:
-        _enqueue((namespace, owner))
+def _watch_child(group: str, version: str, plural: str, api_version: str, kind: str) -> None:
+    def index_child(body: kopf.Body, **_: Any) -> None:
+        if state.cache is not None:
+            state.cache.put(api_version, kind, dict(body))
+
+    async def child_event(event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+        _cached(api_version, kind, event)
+        owner = labels.get(LABEL_DEPLOYMENT)
+        if owner and namespace:
+            _enqueue((namespace, owner))
+
+    kopf.index(group, version, plural, labels=MANAGED, id=f"cache-{plural}")(index_child)
+    kopf.on.event(group, version, plural, labels=MANAGED, id=f"enqueue-owner-of-{plural}")(child_event)
+
+
+for _child in CHILDREN:
+    _watch_child(*_child)
 
 
 @kopf.on.probe(id="queue")

@@ -25,13 +25,14 @@ from typing import Any
 
 from . import metrics
 from .analysis import Analyses
+from .cache import Cache
 from .canary_state import CanaryState
 from .children import apply_children
 from .config import Settings
 from .desired import desired_children
 from .kube import Kube, KubeError
 from .names import API_VERSION, CANARY, KIND, STABLE, Owner, service_url
-from .observe import GatewayDiscovery, observe
+from .observe import ChildKey, GatewayDiscovery, observe
 from .outbound import Outbound
 from .plan import Resolved, decide
 from .registry import ResolvedModel
@@ -53,8 +54,11 @@ def utc_now() -> str:
 class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, enqueue: Callable[[Key], None] = lambda key: None,
                  outbound: Outbound | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, cache: Cache | None = None) -> None:
         self.kube = kube
+        #: The watches' state (reads without requests); without one, every read is a GET.
+        self.cache = cache
+        self.reader = cache if cache is not None else kube
         self.settings = settings
         self.clock = clock
         self.wall_clock = wall_clock
@@ -66,7 +70,7 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str) -> float | None:
         """Converge one ModelDeployment; return seconds until it wants another look (None: never)."""
         key = (namespace, name)
-        obj = self.kube.get(API_VERSION, KIND, namespace, name)
+        obj = self.reader.get(API_VERSION, KIND, namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             self.forget(key)  # children carry owner references: the garbage collector removes them
             return None
@@ -81,7 +85,7 @@ class Reconciler:
             self._report(obj, build_status(replace(facts, spec_error=str(exc))))
             return None
 
-        world = observe(self.kube, owner, self.gateway.served())
+        world = observe(self.reader, owner, self.gateway.served())
         stable, canary = self._resolve(key, spec)
         resolved = _resolved(spec, stable, canary, facts.old)
         wall, state = self.wall_clock(), CanaryState.from_status(facts.old.get("canary"))
@@ -90,6 +94,7 @@ class Reconciler:
                           dict(meta.get("annotations") or {}), verdict, wall)
         desired = desired_children(owner, spec, decision, self.settings, world.gateway_api)
         applied = apply_children(self.kube, world, desired, self.settings.field_manager)
+        self._remember(owner, applied.objects)
         self._report(obj, build_status(replace(
             facts, model_uri=spec.model_uri, canary_spec=spec.canary, problem=stable.problem, pending=stable.pending,
             canary_problem=canary.problem if canary else None, decision=decision, applied=applied)))
@@ -121,8 +126,10 @@ class Reconciler:
         meta, old = obj["metadata"], obj.get("status") or {}
         if any(old.get(k) != v for k, v in report.status.items()):
             try:
-                self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], report.status,
-                                       self.settings.field_manager)
+                answer = self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], report.status,
+                                                self.settings.field_manager)
+                if answer and self.cache is not None:
+                    self.cache.put(API_VERSION, KIND, answer)  # or the next look would write it again
             except KubeError as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing to report to
                     raise
@@ -134,6 +141,17 @@ class Reconciler:
                 counter.inc()
             log.info("%s %s/%s: %s", reason, meta["namespace"], meta["name"], message)
             self.kube.create_event(obj, type_, reason, message, self.settings.field_manager, now)
+
+    def _remember(self, owner: Owner, objects: dict[ChildKey, dict[str, Any] | None]) -> None:
+        """Our writes' answers into the cache, ahead of their watch events. Never someone else's object:
+        no watch would tell the cache when it goes away."""
+        if self.cache is None:
+            return
+        for (api_version, kind, name), obj in objects.items():
+            if obj is None:
+                self.cache.remove(api_version, kind, owner.namespace, name)
+            elif owner.controls(obj):
+                self.cache.put(api_version, kind, obj)
 
     def forget(self, key: Key) -> None:
         self.resolver.forget(key)

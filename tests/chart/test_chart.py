@@ -34,9 +34,9 @@ OPERATOR_NEEDS = {
     ("modelpilot.dev", "modeldeployments"): {"get", "list", "watch"},
     ("modelpilot.dev", "modeldeployments/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"get", "create", "patch", "delete"},
-    ("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch", "delete"},
-    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
     # leader election (operator/modelpilot/leader.py), in the release namespace, on its one Lease

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelpilot.cache import Cache
 from modelpilot.config import Settings
 from modelpilot.reconciler import Reconciler
 from tests.fakes.kube import FakeKube
@@ -26,21 +27,41 @@ class Clock:
 
 
 class Harness:
-    def __init__(self, kube: FakeKube, mlflow: FakeMlflow, **settings: Any) -> None:
+    def __init__(self, kube: FakeKube, mlflow: FakeMlflow, cached: bool = False, **settings: Any) -> None:
         self.kube = kube
+        #: With `cached`, reads come from a watch cache that `deliver()` fills the way kopf's watches do.
+        self.cached = cached
         self.mlflow = mlflow
         self.clock = Clock(1000.0)
         self.wall = Clock(T0)
         self.settings = Settings(default_tracking_uri=mlflow.url, retry_base_seconds=1,
                                  registry_timeout_seconds=2, **settings)
         self.enqueued: list[tuple[str, str]] = []
-        self.reconciler = Reconciler(kube, self.settings, enqueue=self.enqueued.append, clock=self.clock,
-                                     wall_clock=self.wall)
+        self.reconciler = self._reconciler()
+
+    def _reconciler(self) -> Reconciler:
+        cache = None
+        if self.cached:
+            cache = Cache(self.kube)
+        return Reconciler(self.kube, self.settings, enqueue=self.enqueued.append, clock=self.clock,
+                          wall_clock=self.wall, cache=cache)
 
     def restart(self) -> None:
         self.reconciler.outbound.stop()
-        self.reconciler = Reconciler(self.kube, self.settings, enqueue=self.enqueued.append, clock=self.clock,
-                                     wall_clock=self.wall)
+        self.reconciler = self._reconciler()
+
+    def deliver(self) -> None:
+        """What kopf's watches would deliver to the cache by now: every ModelDeployment, and every object
+        labelled managed-by modelpilot (the label selector the watches send); gone objects removed."""
+        cache = self.reconciler.cache
+        assert cache is not None
+        for (api_version, kind, namespace, name) in list(cache._objects):
+            if (api_version, kind, namespace, name) not in self.kube.objects:
+                cache.remove(api_version, kind, namespace, name)
+        for (api_version, kind, _, _), obj in self.kube.objects.items():
+            labels = obj["metadata"].get("labels") or {}
+            if kind == "ModelDeployment" or labels.get("app.kubernetes.io/managed-by") == "modelpilot":
+                cache.put(api_version, kind, obj)
 
     def apply(self, name: str = "m", **spec: Any) -> None:
         spec = {"model": {"uri": "models:/fraud@champion"}, **spec}

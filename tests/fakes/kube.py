@@ -35,12 +35,14 @@ class FakeKube:
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
         self.events: list[dict[str, str]] = []
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
+        self.reads: list[tuple[str, str]] = []  # (kind, name) of every GET
         #: (kind, name) → (HTTP status, message) the next applies of that object get
         self.refuse: dict[tuple[str, str], tuple[int, str]] = {}
         self._rv = 0
 
     # -- what the reconcile calls ---------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append((kind, name))
         obj = self.objects.get((api_version, kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 

@@ -382,3 +382,79 @@ def test_news_arriving_while_the_refresher_asks_is_not_lost(world: Harness) -> N
     assert answers.expedite("fraud") == 1  # the alias moves meanwhile
     answers.answered(question, world.reconciler.resolver.answers.fresh(question, 3600)[0])  # type: ignore[index]
     assert [q for q, _ in answers.due()] == [question], "asked again at once, not in an hour"
+
+
+# -- reads from the watches' state ------------------------------------------------------------------------------
+@pytest.fixture
+def cached(kube: FakeKube, mlflow: FakeMlflow) -> Iterator[Harness]:
+    w = Harness(kube, mlflow, cached=True)
+    yield w
+    w.reconciler.outbound.stop()
+
+
+def test_with_the_watch_cache_a_converged_modeldeployment_costs_no_request(cached: Harness) -> None:
+    cached.apply()
+    cached.deliver()
+    cached.reconcile()
+    cached.kube.settle()
+    cached.deliver()
+    cached.reconcile()
+    assert cached.condition("Ready")["status"] == "True"
+    assert [r for r in cached.kube.reads if r[0] != "Secret"] == [("Deployment", "m"), ("Service", "m")], \
+        "only the names about to be created are read (to see an object of someone else there)"
+
+    cached.kube.reads.clear()
+    cached.kube.writes.clear()
+    cached.restart()
+    cached.deliver()  # a restarted operator's watches list everything first
+    cached.reconcile()
+    cached.advance(120)
+    cached.reconcile()
+    assert cached.kube.reads == [] and cached.kube.writes == []
+
+
+def test_with_the_watch_cache_an_object_the_watches_cannot_see_is_still_a_conflict(cached: Harness) -> None:
+    theirs = cached.kube.create(foreign("Service", "m"))  # no managed-by label: no watch delivers it
+    cached.apply()
+    cached.deliver()
+    cached.reconcile()
+    assert cached.condition("Ready")["reason"] == "NameConflict"
+    assert cached.kube.get("v1", "Service", NS, "m") == theirs
+    assert cached.kube.get("apps/v1", "Deployment", NS, "m") is None, "nothing at all is written"
+    assert cached.reconciler.cache is not None and cached.reconciler.cache.cached("v1", "Service", NS, "m") is None, \
+        "someone else's object is never cached: no watch would say when it is gone"
+
+    del cached.kube.objects[("v1", "Service", NS, "m")]
+    cached.deliver()
+    cached.reconcile()
+    cached.kube.settle()
+    cached.deliver()
+    cached.reconcile()
+    assert cached.condition("Ready")["status"] == "True"
+
+
+def test_with_the_watch_cache_a_deleted_child_is_recreated_once_its_deletion_is_delivered(cached: Harness) -> None:
+    cached.apply()
+    cached.deliver()
+    cached.reconcile()
+    del cached.kube.objects[("apps/v1", "Deployment", NS, "m")]
+    cached.deliver()
+    cached.reconcile()
+    assert cached.kube.get("apps/v1", "Deployment", NS, "m") is not None
+
+
+def test_a_stale_event_never_replaces_a_newer_object_in_the_cache(kube: FakeKube) -> None:
+    from modelpilot.cache import Cache
+
+    cache = Cache(kube)
+    new = {"metadata": {"name": "m", "namespace": NS, "resourceVersion": "12", "managedFields": [{"x": 1}]}}
+    cache.put("apps/v1", "Deployment", new)
+    cache.put("apps/v1", "Deployment", {"metadata": {"name": "m", "namespace": NS, "resourceVersion": "11"}})
+    got = cache.get("apps/v1", "Deployment", NS, "m")
+    assert got is not None and got["metadata"]["resourceVersion"] == "12"
+    assert "managedFields" not in got["metadata"], "the largest part of an object is never kept"
+    cache.put("v1", "Secret", {"metadata": {"name": "s", "namespace": NS}})
+    assert cache.cached("v1", "Secret", NS, "s") is None, "only what the watches deliver is cached"
+    assert cache.get("apps/v1", "Deployment", NS, "other") is None and kube.reads == []
+    assert cache.get("modelpilot.dev/v1alpha1", "ModelDeployment", NS, "x") is None and kube.reads == [
+        ("ModelDeployment", "x")], "a ModelDeployment not delivered yet is read from the API server"

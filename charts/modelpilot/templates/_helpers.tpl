@@ -55,6 +55,8 @@ the namespace's `default` account would grant the operator's permissions to ever
 - apiGroups: ["modelpilot.dev"]
   resources: ["modeldeployments/status"]
   verbs: ["patch"]
+# Children are read from watches selected by the label app.kubernetes.io/managed-by=modelpilot
+# (list, watch); get only before creating one, to see an object of someone else under its name.
 # Serving Deployments (stable and canary tracks); a finished canary's Deployment is deleted.
 - apiGroups: ["apps"]
   resources: ["deployments"]
@@ -62,15 +64,15 @@ the namespace's `default` account would grant the operator's permissions to ever
 # The Service applications call, and per-track Services behind an HTTPRoute.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Canary traffic splits and shadow traffic through the Gateway API (only used when it is installed).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # spec.networkPolicy.allowFrom: one NetworkPolicy per ModelDeployment that sets it.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]

@@ -1,0 +1,99 @@
+"""The watch streams' state: reads that cost no API request.
+
+kopf already holds a watch on ModelDeployments and (selected by label on the server) on the children
+the operator creates; every event it delivers is put here before the owner is enqueued, so the
+reconcile reads the ModelDeployment and its children from memory instead of GETting each of them.
+The cache is fed by the watches and by our own writes (the object the API server answered with), and
+may lag behind the API server by an event; the reconcile is level-based, so a late event only means
+one more reconcile.
+
+What a label-selected cache cannot know is whether *someone else's* object sits under a child's name
+(it does not carry our label, so no watch delivers it). So absence here is never trusted for a write:
+`apply_children` GETs a name before creating anything under it. Kinds that are not watched (and
+anything not found here) are read from the API server.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .names import API_VERSION, GATEWAY_API_VERSION, KIND
+from .observe import Reader
+
+#: (apiVersion, kind, namespace, name)
+CacheKey = tuple[str, str, str, str]
+
+#: The children's kinds the operator watches (selected on the server by its managed-by label) and caches:
+#: (group, version, plural, apiVersion, kind).
+CHILDREN = (
+    ("apps", "v1", "deployments", "apps/v1", "Deployment"),
+    ("", "v1", "services", "v1", "Service"),
+    ("networking.k8s.io", "v1", "networkpolicies", "networking.k8s.io/v1", "NetworkPolicy"),
+    ("gateway.networking.k8s.io", "v1", "httproutes", GATEWAY_API_VERSION, "HTTPRoute"),
+)
+#: (apiVersion, kind) of everything the watches deliver to the cache.
+WATCHED = frozenset({(API_VERSION, KIND), *((c[3], c[4]) for c in CHILDREN)})
+
+
+def _revision(obj: dict[str, Any]) -> int | None:
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(rv) if rv is not None else None
+    except ValueError:  # resourceVersions are opaque to clients; etcd's are integers
+        return None
+
+
+class Cache:
+    """A thread-safe map of the objects the watches delivered, with a fallback reader for misses."""
+
+    def __init__(self, fallback: Reader, watched: frozenset[tuple[str, str]] = WATCHED) -> None:
+        self.fallback = fallback
+        #: (apiVersion, kind) whose objects the watches deliver.
+        self.watched = frozenset(watched)
+        self._objects: dict[CacheKey, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        #: How many reads were answered from memory / had to ask the API server (for tests and metrics).
+        self.hits = 0
+        self.misses = 0
+
+    def put(self, api_version: str, kind: str, obj: dict[str, Any]) -> None:
+        """Record `obj` unless an object newer than it is already recorded (watch events and our own
+        writes' answers race)."""
+        meta = obj.get("metadata") or {}
+        if not meta.get("name") or (api_version, kind) not in self.watched:
+            return
+        key = (api_version, kind, meta.get("namespace") or "", meta["name"])
+        meta = {k: v for k, v in meta.items() if k != "managedFields"}  # the largest part; never read
+        slim = {**obj, "apiVersion": api_version, "kind": kind, "metadata": meta}
+        with self._lock:
+            old = self._objects.get(key)
+            new_rv, old_rv = _revision(slim), _revision(old) if old is not None else None
+            if old is None or new_rv is None or old_rv is None or new_rv >= old_rv:
+                self._objects[key] = slim
+
+    def remove(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._objects.pop((api_version, kind, namespace, name), None)
+
+    def cached(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """What the watches say exists (None: absent, or not delivered yet)."""
+        with self._lock:
+            return self._objects.get((api_version, kind, namespace, name))
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object from memory; else from the API server (a kind not watched, or not delivered yet)."""
+        obj = self.cached(api_version, kind, namespace, name)
+        if obj is not None:
+            self.hits += 1
+            return obj
+        if (api_version, kind) in self.watched and kind != KIND:
+            # a watched child that is absent here is absent as far as reading goes; writes re-check
+            self.hits += 1
+            return None
+        self.misses += 1
+        return self.fallback.get(api_version, kind, namespace, name)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
