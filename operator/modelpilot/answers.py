@@ -36,29 +36,32 @@ class _Followed:
     asking: bool = False
     #: Expedited while being asked: the answer in flight may predate the news, so ask once more.
     again: bool = False
+    #: A webhook made this question due: its next answer is credited to the webhook.
+    expedited: bool = False
 
 
 class Answers:
     def __init__(self, clock: Callable[[], float], enqueue: Callable[[Key], None]) -> None:
         self.clock = clock
         self.enqueue = enqueue
-        self._answers: dict[Question, tuple[ResolvedModel, float]] = {}
+        #: question → (answer, when, what made us ask: "poll" | "webhook" | "lookup")
+        self._answers: dict[Question, tuple[ResolvedModel, float, str]] = {}
         self._questions: dict[Question, _Followed] = {}
         self._following: dict[Follower, Question] = {}
         self._lock = threading.Lock()
 
     # -- the answers ------------------------------------------------------------------------------
-    def fresh(self, question: Question, max_age: float) -> tuple[ResolvedModel, float] | None:
-        """The shared answer and when it came, if it is younger than `max_age`."""
+    def fresh(self, question: Question, max_age: float) -> tuple[ResolvedModel, float, str] | None:
+        """The shared answer, when it came and why it was asked, if it is younger than `max_age`."""
         with self._lock:
             answer = self._answers.get(question)
         return answer if answer is not None and self.clock() - answer[1] < max_age else None
 
-    def put(self, question: Question, resolved: ResolvedModel, at: float) -> bool:
+    def put(self, question: Question, resolved: ResolvedModel, at: float, via: str = "lookup") -> bool:
         """Record an answer; True when it differs from the one before."""
         with self._lock:
             before = self._answers.get(question)
-            self._answers[question] = (resolved, at)
+            self._answers[question] = (resolved, at, via)
             if len(self._answers) > MAX_ANSWERS:
                 for q in sorted(self._answers, key=lambda q: self._answers[q][1])[: MAX_ANSWERS // 4]:
                     del self._answers[q]
@@ -117,12 +120,16 @@ class Answers:
     def answered(self, question: Question, resolved: ResolvedModel | None) -> None:
         """The refresher's answer (None: the registry failed). Enqueues the followers when it matters."""
         now = self.clock()
-        changed = resolved is None or self.put(question, resolved, now)
+        with self._lock:
+            followed = self._questions.get(question)
+            via = "webhook" if followed is not None and followed.expedited else "poll"
+        changed = resolved is None or self.put(question, resolved, now, via)
         with self._lock:
             followed = self._questions.get(question)
             if followed is None:
                 return
             followed.asking = False
+            followed.expedited = followed.again
             followed.next_due = 0.0 if followed.again else now + min(followed.followers.values(), default=60.0)
             followed.again = False
             keys = {f[0] for f in followed.followers}
@@ -140,6 +147,7 @@ class Answers:
             for followed in hits:
                 followed.next_due = 0.0
                 followed.again = followed.asking
+                followed.expedited = True
         return len(hits)
 
     def asking(self) -> int:

@@ -97,7 +97,8 @@ class Reconciler:
         self._remember(owner, applied.objects)
         self._report(obj, build_status(replace(
             facts, model_uri=spec.model_uri, canary_spec=spec.canary, problem=stable.problem, pending=stable.pending,
-            canary_problem=canary.problem if canary else None, decision=decision, applied=applied)))
+            canary_problem=canary.problem if canary else None, resolved_via=stable.via, decision=decision,
+            applied=applied)))
 
         if applied.failure is not None:
             raise Retry(f"the API server refused {applied.failure[0]}")

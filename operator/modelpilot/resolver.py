@@ -64,6 +64,8 @@ class Resolution:
     pending: bool = False
     #: monotonic time of the answer `resolved` came from (0: none yet).
     at: float = 0.0
+    #: What made the operator ask for that answer: "lookup" (a reconcile), "poll" or "webhook".
+    via: str = "lookup"
 
 
 @dataclass
@@ -129,7 +131,8 @@ class Resolver:
                 return entry.resolution  # ours is fresh, and nobody learned anything since
             if shared is not None:
                 # someone asked the same question recently enough (the refresher, another follower)
-                result = Resolution(identity, shared[0], None, shared[1] + spec.refresh_seconds, at=shared[1])
+                result = Resolution(identity, shared[0], None, shared[1] + spec.refresh_seconds, at=shared[1],
+                                    via=shared[2])
                 with self._lock:
                     self._entries[entry_key] = _Entry(result)
                 self.answers.follow((key, track), question, spec.refresh_seconds, (key[0], spec, uri, ref))

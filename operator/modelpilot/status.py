@@ -76,6 +76,8 @@ class Facts:
     #: An answer from the registry is awaited; the previous ModelResolved condition stands.
     pending: bool = False
     canary_problem: Problem | None = None
+    #: What made the operator ask for the stable answer: "lookup" (a reconcile), "poll" or "webhook".
+    resolved_via: str = "lookup"
     decision: Decision | None = None
     applied: Applied | None = None
 
@@ -133,7 +135,7 @@ def build_status(f: Facts) -> Report:
             status["lastRollout"] = plan.finished
         events += plan.events
     if deployed is not None:
-        status["model"] = deployed.to_status(f.decision.stable_from)
+        status["model"] = _model_status(f, deployed, old_model)
         change = f.old.get("lastVersionChange")
         if previous_version and previous_version != deployed.version:
             change = {"from": previous_version, "to": deployed.version, "time": f.now}
@@ -147,6 +149,20 @@ def build_status(f: Facts) -> Report:
         if rollout.complete and rollout.template_version == deployed.version:
             status["knownGoodVersion"] = deployed.version
     return Report(status, events + _condition_events(f.old, conditions))
+
+
+def _model_status(f: Facts, deployed: ResolvedModel, old: dict[str, Any]) -> dict[str, Any]:
+    """status.model, with when this version was resolved and what made the operator ask (kept while the
+    version stays: a refresh that finds nothing new writes nothing)."""
+    assert f.decision is not None
+    model = deployed.to_status(f.decision.stable_from)
+    if old.get("version") == deployed.version and old.get("uri") == model["uri"] and old.get("resolvedAt"):
+        model["resolvedAt"], model["resolvedBy"] = old["resolvedAt"], old.get("resolvedBy", "poll")
+    else:
+        model["resolvedAt"] = f.now
+        first = not old.get("version") or old.get("uri") != model["uri"]
+        model["resolvedBy"] = "spec" if first else "webhook" if f.resolved_via == "webhook" else "poll"
+    return model
 
 
 def _blocked(applied: Applied) -> Problem | None:

@@ -69,6 +69,8 @@ def test_an_alias_move_reaches_the_deployment_within_seconds_by_webhook(
     wait_for(lambda: version() == v2, 5, f"the Deployment to follow the alias by webhook\n{webhook_operator.logs()}")
     print(f"Deployment on version {v2} {time.monotonic() - moved:.1f}s after the alias moved")
     assert webhook_operator.metric("modelpilot_webhooks_total", result="accepted") >= 1
+    wait_for(lambda: ((kube.get("modelpilot.dev/v1alpha1", "ModelDeployment", namespace, "m") or {}).get(
+        "status", {}).get("model") or {}).get("resolvedBy") == "webhook", 10, "status.model.resolvedBy: webhook")
     # a forged delivery: refused and counted, nothing enqueued
     import requests
 

@@ -247,6 +247,8 @@ def test_the_refresher_asks_once_per_interval_and_enqueues_followers_only_when_t
         world.apply(name, refreshInterval="30s")
         world.converge(name)
     assert world.reconcile("m0") == world.settings.resync_seconds, "no timer per ModelDeployment"
+    first = world.status("m0")["model"]
+    assert first["resolvedBy"] == "spec" and first["resolvedAt"].endswith("Z")
 
     def refresh() -> None:
         world.enqueued.clear()
@@ -256,6 +258,8 @@ def test_the_refresher_asks_once_per_interval_and_enqueues_followers_only_when_t
     world.advance(31)
     refresh()
     assert world.enqueued == [] and len(_alias_calls(world.mlflow)) == 2, "same answer: nobody is disturbed"
+    world.reconcile("m0")
+    assert world.status("m0")["model"] == first, "a refresh that finds nothing new changes nothing"
     world.mlflow.set_alias("fraud", "champion", "2")
     world.advance(31)
     refresh()
@@ -264,6 +268,8 @@ def test_the_refresher_asks_once_per_interval_and_enqueues_followers_only_when_t
         world.reconcile(name)
         dep = world.kube.get("apps/v1", "Deployment", NS, name)
         assert dep is not None and dep["spec"]["template"]["metadata"]["labels"]["modelpilot.dev/model-version"] == "2"
+        moved = world.status(name)["model"]
+        assert moved["resolvedBy"] == "poll" and moved["resolvedAt"] >= first["resolvedAt"]
     assert len(_alias_calls(world.mlflow)) == 3
 
 
@@ -283,6 +289,7 @@ def test_an_expedited_question_moves_its_followers_long_before_their_refresh(wor
     world.reconcile("m")
     dep = world.kube.get("apps/v1", "Deployment", NS, "m")
     assert dep is not None and dep["spec"]["template"]["metadata"]["labels"]["modelpilot.dev/model-version"] == "2"
+    assert world.status("m")["model"]["resolvedBy"] == "webhook"
 
 
 def test_answers_obtained_with_credentials_are_shared_only_with_the_same_secret_of_the_same_namespace(
