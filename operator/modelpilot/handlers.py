@@ -82,6 +82,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     state.queue = WorkQueue(_reconcile, workers=config.reconcile_workers,
                             error_delay=lambda _k, n: error_backoff(config.retry_base_seconds, n))
     state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_threadsafe, cache=state.cache)
+    work = state.queue
+    metrics.QUEUE_DEPTH.set_function(lambda: len(work))
+    metrics.QUEUE_OLDEST.set_function(work.oldest_wait)
     state.reconciler.outbound.start()
     state.reconciler.resolver.start_refresher()
     if config.webhook_port:
@@ -176,7 +179,6 @@ def queue_length(**_: Any) -> int:
     """Keys waiting or running; liveness fails (HTTP 500) when the queue makes no progress."""
     if state.queue is None:
         return 0
-    metrics.QUEUE_DEPTH.set(len(state.queue))
     try:
         state.queue.check_progress(STALL_SECONDS)
     except Stalled as exc:

@@ -204,7 +204,7 @@ class Resolver:
             keep = previous.resolved if previous else None
             result = Resolution(identity, keep, Problem(error.reason, str(error)), now + delay, failures,
                                 at=previous.at if previous else 0.0)
-            metrics.REGISTRY_ERRORS.labels(reason=error.reason).inc()
+            metrics.REGISTRY_ERRORS.labels(host=spec.tracking.origin, reason=error.reason).inc()
             log.warning("Resolving %s for %s/%s failed (%s), retrying in %.0fs", identity[0], entry_key[0],
                         entry_key[1], error.reason, delay)
         with self._lock:

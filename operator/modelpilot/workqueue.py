@@ -46,6 +46,8 @@ class WorkQueue(Generic[K]):
         self._running: set[K] = set()
         self._dirty: set[K] = set()
         self._errors: dict[K, int] = {}
+        #: Keys handed to the executor that no worker has picked up yet → when they fell due.
+        self._waiting: dict[K, float] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
@@ -93,6 +95,14 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._due) + len(self._running)
 
+    def oldest_wait(self) -> float:
+        """Seconds the longest-overdue key has been waiting for a worker (0: nothing overdue). Safe to call
+        from another thread (a metrics scrape): it reads one snapshot of the due times."""
+        if self._loop is None:
+            return 0.0
+        waiting = list(self._waiting.values())
+        return max(0.0, self._loop.time() - min(waiting)) if waiting else 0.0
+
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
@@ -106,7 +116,7 @@ class WorkQueue(Generic[K]):
             for key in [k for k, at in self._due.items() if at <= now and k not in self._running]:
                 if not self._running:
                     self._progress = now  # idle until now: the silence so far was no stall
-                del self._due[key]
+                self._waiting[key] = self._due.pop(key)
                 self._running.add(key)
                 task = asyncio.create_task(self._work(key))
                 self._tasks.add(task)
@@ -121,7 +131,7 @@ class WorkQueue(Generic[K]):
         assert self._loop is not None and self._wake is not None
         requeue: float | None
         try:
-            requeue = await self._loop.run_in_executor(self._executor, self._process, key)
+            requeue = await self._loop.run_in_executor(self._executor, self._picked_up, key)
             self._errors.pop(key, None)
         except Exception as exc:
             count = self._errors.get(key, 0) + 1
@@ -132,6 +142,7 @@ class WorkQueue(Generic[K]):
             else:
                 log.exception("Reconcile of %s failed (attempt %d), retrying in %.0fs", key, count, requeue)
         finally:
+            self._waiting.pop(key, None)
             self._running.discard(key)
             self._progress = self._loop.time()
         if key in self._dirty:
@@ -140,6 +151,10 @@ class WorkQueue(Generic[K]):
         if requeue is not None:
             self.add(key, requeue)
         self._wake.set()
+
+    def _picked_up(self, key: K) -> float | None:
+        self._waiting.pop(key, None)
+        return self._process(key)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -118,3 +118,23 @@ def test_a_standby_keeps_keys_without_processing_them_and_is_never_stalled() -> 
     queue.active = False
     drive(queue, steps)
     assert sorted(calls) == ["a", "b"]
+
+
+def test_the_oldest_wait_is_how_long_a_due_key_has_waited_for_a_worker() -> None:
+    release = threading.Event()
+    seen: list[float] = []
+
+    async def steps(queue: WorkQueue[str]) -> None:
+        assert queue.oldest_wait() == 0.0
+        queue.add("busy")  # takes the only worker
+        await asyncio.sleep(0.05)
+        queue.add("waiting")
+        queue.add("later", delay=60)  # not due yet: not waiting
+        await asyncio.sleep(0.4)
+        seen.append(queue.oldest_wait())
+        release.set()
+        await asyncio.sleep(0.2)
+        seen.append(queue.oldest_wait())
+
+    drive(WorkQueue(lambda k: release.wait(2) and None, workers=1), steps)
+    assert 0.35 <= seen[0] < 2 and seen[1] == 0.0
