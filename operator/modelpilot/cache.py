@@ -52,14 +52,16 @@ class Cache:
         #: (apiVersion, kind) whose objects the watches deliver.
         self.watched = frozenset(watched)
         self._objects: dict[CacheKey, dict[str, Any]] = {}
+        #: resourceVersions our own writes produced, whose watch events are echoes (see `echo`).
+        self._echoes: dict[CacheKey, str] = {}
         self._lock = threading.Lock()
         #: How many reads were answered from memory / had to ask the API server (for tests and metrics).
         self.hits = 0
         self.misses = 0
 
-    def put(self, api_version: str, kind: str, obj: dict[str, Any]) -> None:
+    def put(self, api_version: str, kind: str, obj: dict[str, Any], ours: bool = False) -> None:
         """Record `obj` unless an object newer than it is already recorded (watch events and our own
-        writes' answers race)."""
+        writes' answers race). `ours`: the API server's answer to our write (its event will be an echo)."""
         meta = obj.get("metadata") or {}
         if not meta.get("name") or (api_version, kind) not in self.watched:
             return
@@ -71,10 +73,31 @@ class Cache:
             new_rv, old_rv = _revision(slim), _revision(old) if old is not None else None
             if old is None or new_rv is None or old_rv is None or new_rv >= old_rv:
                 self._objects[key] = slim
+            rv = meta.get("resourceVersion")
+            if ours and rv and (old is None or rv != (old.get("metadata") or {}).get("resourceVersion")):
+                self._echoes[key] = rv
+
+    def echo(self, api_version: str, kind: str, obj: dict[str, Any]) -> bool:
+        """Whether a watch event carries exactly what one of our writes produced: the reconcile that
+        wrote it has seen it already, so it needs no reconcile of its own."""
+        meta = obj.get("metadata") or {}
+        key = (api_version, kind, meta.get("namespace") or "", meta.get("name") or "")
+        with self._lock:
+            expected = self._echoes.get(key)
+            if expected is None:
+                return False
+            if expected == meta.get("resourceVersion"):
+                del self._echoes[key]
+                return True
+            rv = _revision(obj)
+            if rv is None or not expected.isdigit() or rv > int(expected):
+                del self._echoes[key]  # a later change (or one we cannot order): our echo is past
+            return False
 
     def remove(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         with self._lock:
             self._objects.pop((api_version, kind, namespace, name), None)
+            self._echoes.pop((api_version, kind, namespace, name), None)
 
     def cached(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """What the watches say exists (None: absent, or not delivered yet)."""

@@ -131,15 +131,18 @@ async def cleanup(**_: Any) -> None:
 # every other handler back until all listings are in, so no reconcile reads a cache that is still
 # filling (and mistakes a child not listed yet for a missing one). Deletions come through the
 # event handlers, which run after them and only enqueue.
-def _cached(api_version: str, kind: str, event: kopf.RawEvent) -> None:
+def _news(api_version: str, kind: str, event: kopf.RawEvent) -> bool:
+    """Record a watch event in the cache; False when it is only the echo of one of our own writes (the
+    reconcile that wrote it saw the answer already: reconciling again would only find nothing to do)."""
     obj: Any = event.get("object")
     if state.cache is None or not isinstance(obj, dict):
-        return
+        return True
     if event.get("type") == "DELETED":
         meta = obj.get("metadata") or {}
         state.cache.remove(api_version, kind, meta.get("namespace") or "", meta.get("name") or "")
-    else:
-        state.cache.put(api_version, kind, obj)
+        return True
+    state.cache.put(api_version, kind, obj)
+    return not state.cache.echo(api_version, kind, obj)
 
 
 @kopf.index(GROUP, VERSION, PLURAL, id="cache-modeldeployments")
@@ -150,8 +153,7 @@ def index_modeldeployment(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def modeldeployment_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
-    _cached(API_VERSION, KIND, event)
-    if namespace:
+    if _news(API_VERSION, KIND, event) and namespace:
         _enqueue((namespace, name))
 
 
@@ -161,9 +163,8 @@ def _watch_child(group: str, version: str, plural: str, api_version: str, kind: 
             state.cache.put(api_version, kind, dict(body))
 
     async def child_event(event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
-        _cached(api_version, kind, event)
         owner = labels.get(LABEL_DEPLOYMENT)
-        if owner and namespace:
+        if _news(api_version, kind, event) and owner and namespace:
             _enqueue((namespace, owner))
 
     kopf.index(group, version, plural, labels=MANAGED, id=f"cache-{plural}")(index_child)

@@ -130,7 +130,7 @@ class Reconciler:
                 answer = self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], report.status,
                                                 self.settings.field_manager)
                 if answer and self.cache is not None:
-                    self.cache.put(API_VERSION, KIND, answer)  # or the next look would write it again
+                    self.cache.put(API_VERSION, KIND, answer, ours=True)  # or the next look would write it again
             except KubeError as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing to report to
                     raise
@@ -152,7 +152,7 @@ class Reconciler:
             if obj is None:
                 self.cache.remove(api_version, kind, owner.namespace, name)
             elif owner.controls(obj):
-                self.cache.put(api_version, kind, obj)
+                self.cache.put(api_version, kind, obj, ours=True)
 
     def forget(self, key: Key) -> None:
         self.resolver.forget(key)

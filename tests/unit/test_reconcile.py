@@ -465,3 +465,23 @@ def test_a_stale_event_never_replaces_a_newer_object_in_the_cache(kube: FakeKube
     assert cache.get("apps/v1", "Deployment", NS, "other") is None and kube.reads == []
     assert cache.get("modelpilot.dev/v1alpha1", "ModelDeployment", NS, "x") is None and kube.reads == [
         ("ModelDeployment", "x")], "a ModelDeployment not delivered yet is read from the API server"
+
+
+def test_the_echo_of_our_own_write_is_not_news_but_a_later_change_is(kube: FakeKube) -> None:
+    from modelpilot.cache import Cache
+
+    cache = Cache(kube)
+
+    def dep(rv: str) -> dict[str, Any]:
+        return {"metadata": {"name": "m", "namespace": NS, "resourceVersion": rv}}
+
+    cache.put("apps/v1", "Deployment", dep("5"))  # the watch delivered it
+    cache.put("apps/v1", "Deployment", dep("5"), ours=True)  # a reconcile saw the same: nothing written
+    assert not cache.echo("apps/v1", "Deployment", dep("5")), "only what our writes produced is an echo"
+    cache.put("apps/v1", "Deployment", dep("7"), ours=True)  # our apply's answer
+    assert not cache.echo("apps/v1", "Deployment", dep("6")), "an older change by someone else is news"
+    assert cache.echo("apps/v1", "Deployment", dep("7"))
+    assert not cache.echo("apps/v1", "Deployment", dep("7")), "an echo is recognised once"
+    cache.put("apps/v1", "Deployment", dep("9"), ours=True)
+    assert not cache.echo("apps/v1", "Deployment", dep("10")), "the controller's update after our write is news"
+    assert not cache.echo("apps/v1", "Deployment", dep("9")), "and our echo is past"
