@@ -63,9 +63,9 @@ def _reconcile(key: Key) -> float | None:
     return result
 
 
-def _enqueue(key: Key) -> None:
+def _enqueue(key: Key, urgent: bool = False) -> None:
     if state.queue is not None:
-        state.queue.add(key)
+        state.queue.add(key, urgent=urgent)
 
 
 @kopf.on.startup()
@@ -81,7 +81,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     state.cache = Cache(kube, WATCHED)
     state.queue = WorkQueue(_reconcile, workers=config.reconcile_workers,
                             error_delay=lambda _k, n: error_backoff(config.retry_base_seconds, n))
-    state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_threadsafe, cache=state.cache)
+    # a registry answer that moved a version (or a canary analysis result) goes ahead of child events
+    state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_urgent_threadsafe, cache=state.cache)
     work = state.queue
     metrics.QUEUE_DEPTH.set_function(lambda: len(work))
     metrics.QUEUE_OLDEST.set_function(work.oldest_wait)
@@ -154,7 +155,7 @@ def index_modeldeployment(body: kopf.Body, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def modeldeployment_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
     if _news(API_VERSION, KIND, event) and namespace:
-        _enqueue((namespace, name))
+        _enqueue((namespace, name), urgent=True)  # created, edited or deleted by someone: ahead of child events
 
 
 def _watch_child(group: str, version: str, plural: str, api_version: str, kind: str) -> None:

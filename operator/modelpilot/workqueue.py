@@ -5,12 +5,18 @@ uninstalling the operator would leave ModelDeployments stuck in deletion, and Ar
 field nobody committed. Instead every trigger only *enqueues* the object's key; this queue runs at
 most one reconcile per key at a time, coalesces bursts (ten Deployment status events → one
 reconcile), and re-enqueues a key after the delay the reconcile asked for (refresh interval, backoff).
+
+At most `workers` keys are handed to the threads at once, so the queue — not a thread pool's FIFO —
+chooses what runs next: *urgent* keys first (a ModelDeployment created or edited, a registry answer
+that moved a version), then the longest-waiting. A burst of Deployment status events from a thousand
+rollouts cannot push a new ModelDeployment's first reconcile to the back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +52,8 @@ class WorkQueue(Generic[K]):
         self._running: set[K] = set()
         self._dirty: set[K] = set()
         self._errors: dict[K, int] = {}
-        #: Keys handed to the executor that no worker has picked up yet → when they fell due.
-        self._waiting: dict[K, float] = {}
+        #: Keys to run ahead of the others when due (cleared when they run).
+        self._urgent: set[K] = set()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
@@ -64,10 +70,13 @@ class WorkQueue(Generic[K]):
             self._progress = self._loop.time()
             self._wake.set()
 
-    def add(self, key: K, delay: float = 0.0) -> None:
-        """Ask for `key` to be processed after `delay` seconds (the earliest request wins)."""
+    def add(self, key: K, delay: float = 0.0, urgent: bool = False) -> None:
+        """Ask for `key` to be processed after `delay` seconds (the earliest request wins); `urgent`
+        keys run before other due keys."""
         if self._loop is None or self._wake is None:
             raise RuntimeError("the work queue is not running")
+        if urgent:
+            self._urgent.add(key)
         if delay <= 0 and key in self._running:
             self._dirty.add(key)  # run again right after the current pass, with fresh state
             return
@@ -75,6 +84,11 @@ class WorkQueue(Generic[K]):
         if key not in self._due or at < self._due[key]:
             self._due[key] = at
             self._wake.set()
+
+    def add_urgent_threadsafe(self, key: K) -> None:
+        """`add(key, urgent=True)` from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: self.add(key, urgent=True))
 
     def add_threadsafe(self, key: K) -> None:
         """`add(key)` from another thread (e.g. when a registry answer arrives)."""
@@ -100,8 +114,9 @@ class WorkQueue(Generic[K]):
         from another thread (a metrics scrape): it reads one snapshot of the due times."""
         if self._loop is None:
             return 0.0
-        waiting = list(self._waiting.values())
-        return max(0.0, self._loop.time() - min(waiting)) if waiting else 0.0
+        now = self._loop.time()
+        waiting = [at for at in list(self._due.values()) if at <= now]
+        return max(0.0, now - min(waiting)) if waiting else 0.0
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -113,16 +128,24 @@ class WorkQueue(Generic[K]):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            for key in [k for k, at in self._due.items() if at <= now and k not in self._running]:
+            free = self._workers - len(self._running)
+            # choosing means scanning every due key: do it when a few workers are free, not for each one
+            if free < max(1, self._workers // 4) and self._running:
+                free = 0
+            ready = [(k not in self._urgent, at, n, k) for n, (k, at) in enumerate(self._due.items())
+                     if at <= now and k not in self._running] if free > 0 else []
+            for _, _, _, key in heapq.nsmallest(free, ready):
                 if not self._running:
                     self._progress = now  # idle until now: the silence so far was no stall
-                self._waiting[key] = self._due.pop(key)
+                del self._due[key]
+                self._urgent.discard(key)
                 self._running.add(key)
                 task = asyncio.create_task(self._work(key))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             pending = [at for k, at in self._due.items() if k not in self._running]
-            timeout = max(min(pending) - now, 0.0) if pending else None
+            # a free worker wakes for the next due key; all busy: a finished one wakes the loop
+            timeout = max(min(pending) - now, 0.0) if pending and free > 0 else None
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -131,7 +154,7 @@ class WorkQueue(Generic[K]):
         assert self._loop is not None and self._wake is not None
         requeue: float | None
         try:
-            requeue = await self._loop.run_in_executor(self._executor, self._picked_up, key)
+            requeue = await self._loop.run_in_executor(self._executor, self._process, key)
             self._errors.pop(key, None)
         except Exception as exc:
             count = self._errors.get(key, 0) + 1
@@ -142,7 +165,6 @@ class WorkQueue(Generic[K]):
             else:
                 log.exception("Reconcile of %s failed (attempt %d), retrying in %.0fs", key, count, requeue)
         finally:
-            self._waiting.pop(key, None)
             self._running.discard(key)
             self._progress = self._loop.time()
         if key in self._dirty:
@@ -151,10 +173,6 @@ class WorkQueue(Generic[K]):
         if requeue is not None:
             self.add(key, requeue)
         self._wake.set()
-
-    def _picked_up(self, key: K) -> float | None:
-        self._waiting.pop(key, None)
-        return self._process(key)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

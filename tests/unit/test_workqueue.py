@@ -138,3 +138,26 @@ def test_the_oldest_wait_is_how_long_a_due_key_has_waited_for_a_worker() -> None
 
     drive(WorkQueue(lambda k: release.wait(2) and None, workers=1), steps)
     assert 0.35 <= seen[0] < 2 and seen[1] == 0.0
+
+
+def test_urgent_keys_run_before_keys_that_waited_longer() -> None:
+    order: list[str] = []
+    gate = threading.Event()
+
+    def process(key: str) -> None:
+        if key == "busy":
+            gate.wait(2)
+        order.append(key)
+
+    async def steps(queue: WorkQueue[str]) -> None:
+        queue.add("busy")
+        await asyncio.sleep(0.05)
+        for i in range(5):
+            queue.add(f"status-event-{i}")  # Deployment status events of earlier rollouts
+        queue.add("new-modeldeployment", urgent=True)
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.sleep(0.3)
+
+    drive(WorkQueue(process, workers=1), steps)
+    assert order[:2] == ["busy", "new-modeldeployment"] and len(order) == 7
