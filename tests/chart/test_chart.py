@@ -81,8 +81,8 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(helm: str, value
     docs = render(helm, *(["-f", str(values)] if values else []))
     assert docs
     for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # Prometheus Operator CRDs are not part of the Kubernetes schemas
+        if doc["apiVersion"].startswith(("monitoring.coreos.com/", "gateway.networking.k8s.io/")):
+            continue  # CRDs (Prometheus Operator, Gateway API) are not part of the Kubernetes schemas
         kubernetes_validate.validate(doc, "1.36.0", strict=True)
 
 
@@ -259,3 +259,19 @@ def test_kubernetes_auth_namespaces_get_a_serving_account_that_may_only_review_t
                                    for ns in ("team-a", "team-b")]
     env = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "MODELPILOT_SERVER_AUTH_SERVICE_ACCOUNT", "value": "modelpilot-serving"} in env
+
+
+def test_the_webhook_route_sends_only_mlflows_posts_to_the_webhook_service(helm: str) -> None:
+    docs = render(helm, "-f", str(Path(__file__).parent / "values" / "webhooks.yaml"))
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-webhooks"))
+    (route,) = [d for d in docs if d["kind"] == "HTTPRoute"]
+    assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
+    assert route["spec"]["hostnames"] == ["modelpilot-hooks.example.com"]
+    (rule,) = route["spec"]["rules"]
+    assert rule["matches"] == [{"path": {"type": "Exact", "value": "/webhooks/mlflow"}, "method": "POST"}]
+    assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}]
+    assert not [d for d in render(helm) if d["kind"] == "HTTPRoute"], "off by default"
+    out = subprocess.run([helm, "template", "mp", str(CHART), "--set", "webhooks.enabled=true", "--set",
+                          "webhooks.secretName=s", "--set", "webhooks.httpRoute.enabled=true"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "parentRefs" in out.stderr
