@@ -204,6 +204,12 @@ def render_deployment(
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    if spec.replicas >= 2:
+        # soft: a single-node cluster still runs every replica (decided on spec.replicas, not on a canary
+        # split's count, so a split never changes the pod template)
+        pod_spec["topologySpreadConstraints"] = [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(owner, track)}}]
 
     return {
         "apiVersion": "apps/v1",
@@ -217,7 +223,8 @@ def render_deployment(
         "spec": {
             "replicas": spec.replicas if replicas is None else replicas,
             "selector": {"matchLabels": selector_labels(owner, track)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": spec.max_surge,
+                                                                    "maxUnavailable": spec.max_unavailable}},
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": annotations},
                 "spec": pod_spec,

@@ -132,6 +132,9 @@ class DeploymentSpec:
     auth: AuthSpec = field(default_factory=AuthSpec)
     #: NetworkPolicy peers (namespaceSelector / podSelector) allowed to reach the pods; () = no policy.
     allow_from: tuple[dict[str, Any], ...] = ()
+    #: The Deployments' rollingUpdate (maxSurge, maxUnavailable): an int or "N%".
+    max_surge: int | str = "25%"
+    max_unavailable: int | str = 0
 
     @property
     def tracking_uri(self) -> str:
@@ -238,7 +241,28 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         traffic=traffic,
         auth=_auth(spec.get("auth")),
         allow_from=_allow_from(spec.get("networkPolicy")),
+        **_rollout(spec.get("rollout")),
     )
+
+
+def _surge(value: Any, path: str, default: int | str) -> int | str:
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit():
+        return value
+    raise InvalidSpec(f"{path} must be a number of pods or a percentage such as 25%, got {value!r}")
+
+
+def _rollout(raw: Any) -> dict[str, int | str]:
+    rollout = _dict(raw, "spec.rollout")
+    surge = _surge(rollout.get("maxSurge"), "spec.rollout.maxSurge", "25%")
+    unavailable = _surge(rollout.get("maxUnavailable"), "spec.rollout.maxUnavailable", 0)
+    if str(surge).rstrip("%") == "0" and str(unavailable).rstrip("%") == "0":
+        raise InvalidSpec("spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0: "
+                          "the rollout could never replace a pod")
+    return {"max_surge": surge, "max_unavailable": unavailable}
 
 
 def _auth(raw: Any) -> AuthSpec:

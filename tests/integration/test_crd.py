@@ -76,6 +76,10 @@ GOOD = "models:/fraud-detector@champion"
             "matchExpressions": [{"key": "app", "operator": "Near"}]}}]}},
                      "spec.networkPolicy.allowFrom[0].podSelector.matchExpressions[0].operator", "Unsupported value",
                      id="selector-operator"),
+        pytest.param({"model": {"uri": GOOD}, "rollout": {"maxSurge": "fast"}}, "spec.rollout.maxSurge",
+                     "should match", id="rollout-surge"),
+        pytest.param({"model": {"uri": GOOD}, "rollout": {"maxUnavailable": -1}}, "spec.rollout.maxUnavailable",
+                     "should be greater than or equal to 0", id="rollout-unavailable"),
     ],
 )
 def test_invalid_specs_are_refused_naming_the_field(
@@ -98,6 +102,7 @@ def test_valid_spec_is_accepted_with_dry_run(control_plane: ControlPlane, namesp
                              resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "gpu": 1},
                              canary={"model": {"uri": "models:/fraud-detector@challenger"}, "weight": 10},
                              auth={"mode": "kubernetes", "audience": "https://models.example.com/fraud"},
+                             rollout={"maxSurge": 0, "maxUnavailable": "50%"},
                              networkPolicy={"allowFrom": [{"namespaceSelector": {}, "podSelector": {
                                  "matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "b"]}]}}]})
     import json

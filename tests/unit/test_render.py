@@ -280,3 +280,36 @@ def test_allow_from_renders_an_owned_ingress_policy_for_every_track() -> None:
 def test_bad_allow_from_names_the_field(policy: dict[str, Any]) -> None:
     with pytest.raises(InvalidSpec, match=re.escape("spec.networkPolicy.allowFrom")):
         parse_spec({**BASE, "networkPolicy": policy}, SETTINGS)
+
+
+def test_rollout_knobs_reach_the_deployment_strategy() -> None:
+    strategy = build(BASE)["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+    gpu_tight = build({**BASE, "rollout": {"maxSurge": 0, "maxUnavailable": 1}})["spec"]["strategy"]
+    assert gpu_tight["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert build({**BASE, "rollout": {"maxSurge": "50%"}})["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == "50%"
+
+
+@pytest.mark.parametrize("rollout, says", [
+    ({"maxSurge": 0, "maxUnavailable": 0}, "cannot both be 0"),
+    ({"maxSurge": "0%", "maxUnavailable": "0%"}, "cannot both be 0"),
+    ({"maxSurge": "fast"}, "spec.rollout.maxSurge"),
+    ({"maxUnavailable": -1}, "spec.rollout.maxUnavailable"),
+    ({"maxUnavailable": True}, "spec.rollout.maxUnavailable"),
+    ({"maxSurge": "%"}, "spec.rollout.maxSurge"),
+    ("fast", "spec.rollout must be an object"),
+])
+def test_rollout_knobs_that_could_never_roll_or_are_not_amounts_are_invalid(rollout: Any, says: str) -> None:
+    with pytest.raises(InvalidSpec, match=re.escape(says)):
+        build({**BASE, "rollout": rollout})
+
+
+def test_two_or_more_replicas_are_spread_across_nodes_softly_and_one_is_not() -> None:
+    assert "topologySpreadConstraints" not in build(BASE)["spec"]["template"]["spec"]
+    dep = build({**BASE, "replicas": 3})
+    (spread,) = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway" and spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    split = render.render_deployment(OWNER, parse_spec({**BASE, "replicas": 3}, SETTINGS), RESOLVED, SETTINGS,
+                                     replicas=1)
+    assert split["spec"]["template"] == dep["spec"]["template"], "a canary split never changes the pod template"
