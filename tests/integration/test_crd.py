@@ -77,9 +77,9 @@ GOOD = "models:/fraud-detector@champion"
                      "spec.networkPolicy.allowFrom[0].podSelector.matchExpressions[0].operator", "Unsupported value",
                      id="selector-operator"),
         pytest.param({"model": {"uri": GOOD}, "rollout": {"maxSurge": "fast"}}, "spec.rollout.maxSurge",
-                     "should match", id="rollout-surge"),
+                     "or a percentage such as 25%", id="rollout-surge"),
         pytest.param({"model": {"uri": GOOD}, "rollout": {"maxUnavailable": -1}}, "spec.rollout.maxUnavailable",
-                     "should be greater than or equal to 0", id="rollout-unavailable"),
+                     "a number of pods (0 or more)", id="rollout-unavailable"),
     ],
 )
 def test_invalid_specs_are_refused_naming_the_field(
