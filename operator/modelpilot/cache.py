@@ -5,7 +5,9 @@ the operator creates; every event it delivers is put here before the owner is en
 reconcile reads the ModelDeployment and its children from memory instead of GETting each of them.
 The cache is fed by the watches and by our own writes (the object the API server answered with), and
 may lag behind the API server by an event; the reconcile is level-based, so a late event only means
-one more reconcile.
+one more reconcile. Objects are kept as compressed JSON (about 1 KB for a Deployment instead of ~15 KB
+of Python dicts), so 5,000 ModelDeployments with their children fit in a few tens of MiB, and every
+read hands out a fresh copy nobody else holds.
 
 What a label-selected cache cannot know is whether *someone else's* object sits under a child's name
 (it does not carry our label, so no watch delivers it). So absence here is never trusted for a write:
@@ -15,7 +17,9 @@ anything not found here) are read from the API server.
 
 from __future__ import annotations
 
+import json
 import threading
+import zlib
 from typing import Any
 
 from .names import API_VERSION, GATEWAY_API_VERSION, KIND
@@ -36,8 +40,12 @@ CHILDREN = (
 WATCHED = frozenset({(API_VERSION, KIND), *((c[3], c[4]) for c in CHILDREN)})
 
 
-def _revision(obj: dict[str, Any]) -> int | None:
-    rv = (obj.get("metadata") or {}).get("resourceVersion")
+def _revision(obj: dict[str, Any] | None) -> int | None:
+    rv = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    return _int(rv)
+
+
+def _int(rv: str | None) -> int | None:
     try:
         return int(rv) if rv is not None else None
     except ValueError:  # resourceVersions are opaque to clients; etcd's are integers
@@ -51,7 +59,8 @@ class Cache:
         self.fallback = fallback
         #: (apiVersion, kind) whose objects the watches deliver.
         self.watched = frozenset(watched)
-        self._objects: dict[CacheKey, dict[str, Any]] = {}
+        #: key → (resourceVersion, zlib-compressed JSON of the object)
+        self._objects: dict[CacheKey, tuple[str | None, bytes]] = {}
         #: resourceVersions our own writes produced, whose watch events are echoes (see `echo`).
         self._echoes: dict[CacheKey, str] = {}
         self._lock = threading.Lock()
@@ -68,13 +77,14 @@ class Cache:
         key = (api_version, kind, meta.get("namespace") or "", meta["name"])
         meta = {k: v for k, v in meta.items() if k != "managedFields"}  # the largest part; never read
         slim = {**obj, "apiVersion": api_version, "kind": kind, "metadata": meta}
+        rv = meta.get("resourceVersion")
+        blob = zlib.compress(json.dumps(slim, separators=(",", ":")).encode(), 1)
         with self._lock:
             old = self._objects.get(key)
-            new_rv, old_rv = _revision(slim), _revision(old) if old is not None else None
+            new_rv, old_rv = _int(rv), _int(old[0]) if old is not None else None
             if old is None or new_rv is None or old_rv is None or new_rv >= old_rv:
-                self._objects[key] = slim
-            rv = meta.get("resourceVersion")
-            if ours and rv and (old is None or rv != (old.get("metadata") or {}).get("resourceVersion")):
+                self._objects[key] = (rv, blob)
+            if ours and rv and (old is None or rv != old[0]):
                 self._echoes[key] = rv
 
     def echo(self, api_version: str, kind: str, obj: dict[str, Any]) -> bool:
@@ -102,7 +112,8 @@ class Cache:
     def cached(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """What the watches say exists (None: absent, or not delivered yet)."""
         with self._lock:
-            return self._objects.get((api_version, kind, namespace, name))
+            entry = self._objects.get((api_version, kind, namespace, name))
+        return None if entry is None else dict(json.loads(zlib.decompress(entry[1])))
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object from memory; else from the API server (a kind not watched, or not delivered yet)."""
