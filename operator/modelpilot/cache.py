@@ -40,11 +40,6 @@ CHILDREN = (
 WATCHED = frozenset({(API_VERSION, KIND), *((c[3], c[4]) for c in CHILDREN)})
 
 
-def _revision(obj: dict[str, Any] | None) -> int | None:
-    rv = ((obj or {}).get("metadata") or {}).get("resourceVersion")
-    return _int(rv)
-
-
 def _int(rv: str | None) -> int | None:
     try:
         return int(rv) if rv is not None else None
@@ -64,9 +59,6 @@ class Cache:
         #: resourceVersions our own writes produced, whose watch events are echoes (see `echo`).
         self._echoes: dict[CacheKey, str] = {}
         self._lock = threading.Lock()
-        #: How many reads were answered from memory / had to ask the API server (for tests and metrics).
-        self.hits = 0
-        self.misses = 0
 
     def put(self, api_version: str, kind: str, obj: dict[str, Any], ours: bool = False) -> None:
         """Record `obj` unless an object newer than it is already recorded (watch events and our own
@@ -75,9 +67,13 @@ class Cache:
         if not meta.get("name") or (api_version, kind) not in self.watched:
             return
         key = (api_version, kind, meta.get("namespace") or "", meta["name"])
+        rv = meta.get("resourceVersion")
+        with self._lock:
+            old = self._objects.get(key)
+        if old is not None and rv is not None and rv == old[0]:
+            return  # held already (a reconcile remembers every child it read, changed or not)
         meta = {k: v for k, v in meta.items() if k != "managedFields"}  # the largest part; never read
         slim = {**obj, "apiVersion": api_version, "kind": kind, "metadata": meta}
-        rv = meta.get("resourceVersion")
         blob = zlib.compress(json.dumps(slim, separators=(",", ":")).encode(), 1)
         with self._lock:
             old = self._objects.get(key)
@@ -99,7 +95,7 @@ class Cache:
             if expected == meta.get("resourceVersion"):
                 del self._echoes[key]
                 return True
-            rv = _revision(obj)
+            rv = _int(meta.get("resourceVersion"))
             if rv is None or not expected.isdigit() or rv > int(expected):
                 del self._echoes[key]  # a later change (or one we cannot order): our echo is past
             return False
@@ -118,16 +114,12 @@ class Cache:
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object from memory; else from the API server (a kind not watched, or not delivered yet)."""
         obj = self.cached(api_version, kind, namespace, name)
-        if obj is not None:
-            self.hits += 1
-            return obj
-        if (api_version, kind) in self.watched and kind != KIND:
+        if obj is not None or ((api_version, kind) in self.watched and kind != KIND):
             # a watched child that is absent here is absent as far as reading goes; writes re-check
-            self.hits += 1
-            return None
-        self.misses += 1
+            return obj
         return self.fallback.get(api_version, kind, namespace, name)
 
-    def __len__(self) -> int:
+    def held(self) -> list[CacheKey]:
+        """The keys of every object held (a snapshot)."""
         with self._lock:
-            return len(self._objects)
+            return list(self._objects)

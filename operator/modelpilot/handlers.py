@@ -82,8 +82,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     state.queue = WorkQueue(_reconcile, workers=config.reconcile_workers,
                             error_delay=lambda _k, n: error_backoff(config.retry_base_seconds, n))
     # a registry answer that moved a version (or a canary analysis result) goes ahead of child events
-    state.reconciler = Reconciler(kube, config, enqueue=state.queue.add_urgent_threadsafe, cache=state.cache)
     work = state.queue
+    state.reconciler = Reconciler(kube, config, enqueue=lambda key: work.add_threadsafe(key, urgent=True),
+                                  cache=state.cache)
     metrics.QUEUE_DEPTH.set_function(lambda: len(work))
     metrics.QUEUE_OLDEST.set_function(work.oldest_wait)
     state.reconciler.outbound.start()
@@ -132,6 +133,13 @@ async def cleanup(**_: Any) -> None:
 # every other handler back until all listings are in, so no reconcile reads a cache that is still
 # filling (and mistakes a child not listed yet for a missing one). Deletions come through the
 # event handlers, which run after them and only enqueue.
+def _indexer(api_version: str, kind: str) -> Any:
+    def index(body: kopf.Body, **_: Any) -> None:
+        if state.cache is not None:
+            state.cache.put(api_version, kind, dict(body))
+    return index
+
+
 def _news(api_version: str, kind: str, event: kopf.RawEvent) -> bool:
     """Record a watch event in the cache; False when it is only the echo of one of our own writes (the
     reconcile that wrote it saw the answer already: reconciling again would only find nothing to do)."""
@@ -142,14 +150,11 @@ def _news(api_version: str, kind: str, event: kopf.RawEvent) -> bool:
         meta = obj.get("metadata") or {}
         state.cache.remove(api_version, kind, meta.get("namespace") or "", meta.get("name") or "")
         return True
-    state.cache.put(api_version, kind, obj)
+    state.cache.put(api_version, kind, obj)  # the index handler put this version already: a lookup, no copy
     return not state.cache.echo(api_version, kind, obj)
 
 
-@kopf.index(GROUP, VERSION, PLURAL, id="cache-modeldeployments")
-def index_modeldeployment(body: kopf.Body, **_: Any) -> None:
-    if state.cache is not None:
-        state.cache.put(API_VERSION, KIND, dict(body))
+kopf.index(GROUP, VERSION, PLURAL, id="cache-modeldeployments")(_indexer(API_VERSION, KIND))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -159,16 +164,12 @@ async def modeldeployment_event(event: kopf.RawEvent, name: str, namespace: str 
 
 
 def _watch_child(group: str, version: str, plural: str, api_version: str, kind: str) -> None:
-    def index_child(body: kopf.Body, **_: Any) -> None:
-        if state.cache is not None:
-            state.cache.put(api_version, kind, dict(body))
-
     async def child_event(event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
         owner = labels.get(LABEL_DEPLOYMENT)
         if _news(api_version, kind, event) and owner and namespace:
             _enqueue((namespace, owner))
 
-    kopf.index(group, version, plural, labels=MANAGED, id=f"cache-{plural}")(index_child)
+    kopf.index(group, version, plural, labels=MANAGED, id=f"cache-{plural}")(_indexer(api_version, kind))
     kopf.on.event(group, version, plural, labels=MANAGED, id=f"enqueue-owner-of-{plural}")(child_event)
 
 

@@ -245,7 +245,7 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
     )
 
 
-def _surge(value: Any, path: str, default: int | str) -> int | str:
+def _pods_or_percent(value: Any, path: str, default: int | str) -> int | str:
     if value is None:
         return default
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -257,9 +257,9 @@ def _surge(value: Any, path: str, default: int | str) -> int | str:
 
 def _rollout(raw: Any) -> dict[str, int | str]:
     rollout = _dict(raw, "spec.rollout")
-    surge = _surge(rollout.get("maxSurge"), "spec.rollout.maxSurge", "25%")
-    unavailable = _surge(rollout.get("maxUnavailable"), "spec.rollout.maxUnavailable", 0)
-    if str(surge).rstrip("%") == "0" and str(unavailable).rstrip("%") == "0":
+    surge = _pods_or_percent(rollout.get("maxSurge"), "spec.rollout.maxSurge", "25%")
+    unavailable = _pods_or_percent(rollout.get("maxUnavailable"), "spec.rollout.maxUnavailable", 0)
+    if int(str(surge).rstrip("%")) == 0 and int(str(unavailable).rstrip("%")) == 0:
         raise InvalidSpec("spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0: "
                           "the rollout could never replace a pod")
     return {"max_surge": surge, "max_unavailable": unavailable}

@@ -85,15 +85,10 @@ class WorkQueue(Generic[K]):
             self._due[key] = at
             self._wake.set()
 
-    def add_urgent_threadsafe(self, key: K) -> None:
-        """`add(key, urgent=True)` from any thread."""
+    def add_threadsafe(self, key: K, urgent: bool = False) -> None:
+        """`add(key, urgent=urgent)` from another thread (e.g. when a registry answer arrives)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(lambda: self.add(key, urgent=True))
-
-    def add_threadsafe(self, key: K) -> None:
-        """`add(key)` from another thread (e.g. when a registry answer arrives)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.add, key)
+            self._loop.call_soon_threadsafe(lambda: self.add(key, urgent=urgent))
 
     def check_progress(self, stall_seconds: float) -> None:
         """Raise Stalled when work has been due for `stall_seconds` and none finished meanwhile."""

@@ -29,7 +29,8 @@ class Clock:
 class Harness:
     def __init__(self, kube: FakeKube, mlflow: FakeMlflow, cached: bool = False, **settings: Any) -> None:
         self.kube = kube
-        #: With `cached`, reads come from a watch cache that `deliver()` fills the way kopf's watches do.
+        #: With `cached`, reads come from a watch cache that `deliver()` fills (before each reconcile) the way
+        #: kopf's watches do.
         self.cached = cached
         self.mlflow = mlflow
         self.clock = Clock(1000.0)
@@ -55,7 +56,7 @@ class Harness:
         labelled managed-by modelpilot (the label selector the watches send); gone objects removed."""
         cache = self.reconciler.cache
         assert cache is not None
-        for (api_version, kind, namespace, name) in list(cache._objects):
+        for (api_version, kind, namespace, name) in cache.held():
             if (api_version, kind, namespace, name) not in self.kube.objects:
                 cache.remove(api_version, kind, namespace, name)
         for (api_version, kind, _, _), obj in self.kube.objects.items():
@@ -72,6 +73,8 @@ class Harness:
                               "metadata": {"name": name, "namespace": NS}, "spec": spec})
 
     def reconcile(self, name: str = "m") -> float | None:
+        if self.cached:
+            self.deliver()  # the watches have delivered everything by the time a reconcile runs
         return self.reconciler.reconcile(NS, name)
 
     def advance(self, seconds: float) -> None:

@@ -105,8 +105,11 @@ class FakeKube:
         for (_, kind, _, _), obj in self.objects.items():
             if kind == "Deployment":
                 n = obj["spec"].get("replicas", 1)
-                obj["status"] = {"observedGeneration": obj["metadata"]["generation"], "replicas": n,
-                                 "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n}
+                status = {"observedGeneration": obj["metadata"]["generation"], "replicas": n,
+                          "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n}
+                if obj.get("status") != status:
+                    obj["status"] = status
+                    self._stamp(obj, spec_changed=False)  # as the API server does for every change
 
     def mdep(self, namespace: str, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.objects[("modelpilot.dev/v1alpha1", "ModelDeployment", namespace, name)])

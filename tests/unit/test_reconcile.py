@@ -401,11 +401,7 @@ def cached(kube: FakeKube, mlflow: FakeMlflow) -> Iterator[Harness]:
 
 def test_with_the_watch_cache_a_converged_modeldeployment_costs_no_request(cached: Harness) -> None:
     cached.apply()
-    cached.deliver()
-    cached.reconcile()
-    cached.kube.settle()
-    cached.deliver()
-    cached.reconcile()
+    cached.converge()
     assert cached.condition("Ready")["status"] == "True"
     assert [r for r in cached.kube.reads if r[0] != "Secret"] == [("Deployment", "m"), ("Service", "m")], \
         "only the names about to be created are read (to see an object of someone else there)"
@@ -413,8 +409,7 @@ def test_with_the_watch_cache_a_converged_modeldeployment_costs_no_request(cache
     cached.kube.reads.clear()
     cached.kube.writes.clear()
     cached.restart()
-    cached.deliver()  # a restarted operator's watches list everything first
-    cached.reconcile()
+    cached.reconcile()  # after the restarted operator's watches listed everything
     cached.advance(120)
     cached.reconcile()
     assert cached.kube.reads == [] and cached.kube.writes == []
@@ -423,7 +418,6 @@ def test_with_the_watch_cache_a_converged_modeldeployment_costs_no_request(cache
 def test_with_the_watch_cache_an_object_the_watches_cannot_see_is_still_a_conflict(cached: Harness) -> None:
     theirs = cached.kube.create(foreign("Service", "m"))  # no managed-by label: no watch delivers it
     cached.apply()
-    cached.deliver()
     cached.reconcile()
     assert cached.condition("Ready")["reason"] == "NameConflict"
     assert cached.kube.get("v1", "Service", NS, "m") == theirs
@@ -432,20 +426,14 @@ def test_with_the_watch_cache_an_object_the_watches_cannot_see_is_still_a_confli
         "someone else's object is never cached: no watch would say when it is gone"
 
     del cached.kube.objects[("v1", "Service", NS, "m")]
-    cached.deliver()
-    cached.reconcile()
-    cached.kube.settle()
-    cached.deliver()
-    cached.reconcile()
+    cached.converge()
     assert cached.condition("Ready")["status"] == "True"
 
 
 def test_with_the_watch_cache_a_deleted_child_is_recreated_once_its_deletion_is_delivered(cached: Harness) -> None:
     cached.apply()
-    cached.deliver()
     cached.reconcile()
     del cached.kube.objects[("apps/v1", "Deployment", NS, "m")]
-    cached.deliver()
     cached.reconcile()
     assert cached.kube.get("apps/v1", "Deployment", NS, "m") is not None
 
