@@ -7,6 +7,8 @@ One model registered in a real MLflow server (RandomForest, 50 trees x 20 featur
   - `modelpilot-serve` (1 worker),
   - `modelpilot-serve` (1 worker) with `--auth-mode api-key`: every request carries a key, checked
     against the keys' digests (the same per-request cost as a cached Kubernetes token answer).
+  - `modelpilot-serve` (1 worker) with payload logging of every request (`--payload-log-sample-rate 1`)
+    to a sink process on the same machine (tests/serving/sink.py, writing to /dev/null).
 Each is driven by the same load generator (wrk, from Debian) with the same rows: MLflow-protocol
 `dataframe_split` on POST /invocations, except MLServer, whose adaptive batching only applies to its
 v2 endpoint, which gets the rows as v2 tensors. 1-row requests at concurrency 1, 8 and 32, and
@@ -50,6 +52,7 @@ class Run:
 
 API_KEY = "bench-key-0123456789abcdef"
 GUARDED = "modelpilot-serve (api-key auth)"
+LOGGED = "modelpilot-serve (payload log, every request)"
 
 
 def wrk_script(path: Path, rows: int, v2: bool = False, key: str | None = None) -> Path:
@@ -207,11 +210,23 @@ def main(argv: list[str] | None = None) -> int:
                           work / "modelpilot-serve-guarded.log", env=env))
         servers[GUARDED] = f"http://127.0.0.1:{port}"
 
+        sink_port = free_port()
+        procs.append(Proc("payload-log sink", [sys.executable, "-m", "tests.serving.sink", "--port", str(sink_port),
+                                               "--out", os.devnull], work / "sink.log", cwd=REPO))
+        port = free_port()
+        procs.append(Proc(LOGGED, [str(serve_bin), "--model-uri", uri, "--port", str(port), "--host",
+                                   "127.0.0.1", "--workers", "1", "--log-level", "warning",
+                                   "--health-port", str(free_port()), "--cache-dir", str(work / "cache-logged"),
+                                   "--payload-log-url", f"http://127.0.0.1:{sink_port}/events"],
+                          work / "modelpilot-serve-logged.log", env=env))
+        servers[LOGGED] = f"http://127.0.0.1:{port}"
+
         health = {"mlflow models serve": "/ping", "MLServer (adaptive batching)": "/v2/health/ready",
-                  "modelpilot-serve": "/ping", GUARDED: "/ping"}
+                  "modelpilot-serve": "/ping", GUARDED: "/ping", LOGGED: "/ping"}
         for proc in procs:
-            wait_for(lambda proc=proc: ready(servers[proc.name] + health[proc.name], proc), 240,
-                     f"{proc.name} to be ready")
+            if proc.name in servers:
+                wait_for(lambda proc=proc: ready(servers[proc.name] + health[proc.name], proc), 240,
+                         f"{proc.name} to be ready")
 
         # MLServer's adaptive batching applies to its native v2 endpoint only (its /invocations route
         # bypasses it), so it is driven there, with the same rows as v2 tensors.
@@ -232,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"  p99 {run.p99_ms:7.2f} ms  errors {run.errors}", flush=True)
             # this VM's speed drifts by a few ms between minutes: re-measure the model's own time
             own_samples.append(own_predict_ms(model_dir)[0])
+        logged = payload_log_counts(servers[LOGGED])
     finally:
         for proc in procs:
             proc.stop()
@@ -262,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     b32 = results[("MLServer (adaptive batching)", 32, 1)]
     o1 = results[(ours, 1, 1)]
     g1 = results[(GUARDED, 1, 1)]
+    l32 = results[(LOGGED, 32, 1)]
+    print(f"\nPayload log: {logged['sent']:.0f} requests sent to the sink, {logged['queue_full']:.0f} dropped "
+          f"(queue full), {logged['send_failed']:.0f} failed sends.")
     checks = [
         (f">= 20x mlflow serve req/s at c=32: {o32.rps / a32.rps:.1f}x", o32.rps >= 20 * a32.rps),
         (f">= 4x MLServer req/s at c=32: {o32.rps / b32.rps:.1f}x", o32.rps >= 4 * b32.rps),
@@ -270,8 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         (f"p50 at c=1 <= own predict + 1.5 ms: {o1.p50_ms:.2f} <= {own1 + 1.5:.2f} ms", o1.p50_ms <= own1 + 1.5),
         (f"auth adds <= 0.3 ms to p50 at c=1: {g1.p50_ms - o1.p50_ms:+.2f} ms ({g1.p50_ms:.2f} vs {o1.p50_ms:.2f})",
          g1.p50_ms - o1.p50_ms <= 0.3),
+        (f"payload log of every request costs <= 5% req/s at c=32: {1 - l32.rps / o32.rps:+.1%} "
+         f"({l32.rps:.0f} vs {o32.rps:.0f})", l32.rps >= 0.95 * o32.rps),
         (f"no failed requests for modelpilot-serve: {sum(r.errors for k, r in results.items() if k[0] == ours)}",
-         all(r.errors == 0 for k, r in results.items() if k[0] in (ours, GUARDED))),
+         all(r.errors == 0 for k, r in results.items() if k[0] in (ours, GUARDED, LOGGED))),
     ]
     print("\nTargets:")
     for text, ok in checks:
@@ -281,6 +302,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(missed)} target(s) missed: `make bench` fails", file=sys.stderr)
         return 1
     return 0
+
+
+def payload_log_counts(url: str) -> dict[str, float]:
+    """The payload log's counters from a server's /metrics."""
+    import requests
+
+    counts = {"sent": 0.0, "queue_full": 0.0, "send_failed": 0.0}
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("modelpilot_payload_log_sent_total{"):
+            counts["sent"] += float(line.rsplit(" ", 1)[1])
+        for reason in ("queue_full", "send_failed"):
+            if line.startswith("modelpilot_payload_log_dropped_total{") and f'reason="{reason}"' in line:
+                counts[reason] += float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from . import auth, errors, health, httpproto, metrics, protocol, v2
+from . import auth, errors, health, httpproto, metrics, payloadlog, protocol, v2
 from .batcher import Batcher, Result, Runner
 from .errors import (
     BadRequest,
@@ -64,6 +65,15 @@ class ClientGone(Exception):
     pass
 
 
+@dataclass
+class Call:
+    """One prediction request on its way: its phase (for the timeout's answer), and its body for the payload log."""
+
+    phase: str = "body"
+    body: bytes = b""
+    content_type: str = ""
+
+
 def encode_mlflow(result: Result) -> bytes:
     """Exactly the bytes `mlflow models serve` writes for these predictions."""
     from mlflow.pyfunc.scoring_server import predictions_to_json, unwrapped_predictions_to_json
@@ -93,6 +103,9 @@ class ScoringApp:
         self.version = settings.model_version or version_from_uri(settings.model_uri)
         self.guard = auth.from_settings(settings.auth_mode, settings.auth_resource, settings.auth_audience,
                                         settings.auth_api_keys_dir)
+        self.payload_log = None if not settings.payload_log_url else payloadlog.PayloadLogger(
+            settings.payload_log_url, settings.payload_log_sample_rate, settings.payload_log_queue, self.name,
+            self.version, settings.namespace, settings.track)
         if isinstance(self.guard, auth.KubernetesAuth):
             self.guard.on_review = metrics.AUTH_REVIEWS.labels(self.name, self.version).inc
         labels = (self.name, self.version)
@@ -152,6 +165,8 @@ class ScoringApp:
                 metrics.READY.labels(self.name, self.version).set(0)
                 if self.batcher is not None:
                     await self.batcher.stop()
+                if self.payload_log is not None:  # what is queued goes out, within a few seconds
+                    await asyncio.get_running_loop().run_in_executor(None, self.payload_log.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -233,13 +248,15 @@ class ScoringApp:
             return NotReady(f"the model failed to load: {self.load_error}")
         return NotReady("the model is still loading")
 
-    async def _answer(self, endpoint: str, send: Send, produce: Callable[[list[str]], Awaitable[bytes]]) -> None:
-        """Run one prediction endpoint: readiness, errors → JSON, in-flight gauge, latency, status counts."""
+    async def _answer(self, endpoint: str, scope: Scope, send: Send, produce: Callable[[Call], Awaitable[bytes]]
+                      ) -> None:
+        """Run one prediction endpoint: readiness, errors → JSON, in-flight gauge, latency, status counts,
+        payload log."""
         started = time.perf_counter()
         self._in_flight.inc()
         self._predicting += 1
-        status = 500
-        phase = ["body"]
+        status, answer = 500, b""
+        call = Call()
         try:
             if not self.ready:
                 raise self._not_ready()
@@ -247,30 +264,34 @@ class ScoringApp:
                 raise Overloaded(f"over {self.settings.max_in_flight} requests in progress; retry shortly")
             try:
                 async with asyncio.timeout(self.settings.request_timeout):
-                    body = await produce(phase)
+                    body = await produce(call)
             except TimeoutError:
-                if phase[0] == "body":
+                if call.phase == "body":
                     raise RequestTimeout(f"the request body did not arrive within {self.settings.request_timeout:g}s"
                                          ) from None
                 raise Timeout(f"no answer within the request timeout of {self.settings.request_timeout:g}s"
                               ) from None
-            status = 200
+            status, answer = 200, body
             await _send(send, 200, body, JSON)
         except ServingError as exc:
-            status = exc.status
-            await _send(send, status, exc.body(), JSON, exc.headers)
+            status, answer = exc.status, exc.body()
+            await _send(send, status, answer, JSON, exc.headers)
         finally:
             self._predicting -= 1
             self._in_flight.dec()
             self._observe(endpoint, status, started)
+        if self.payload_log is not None and call.body and self.payload_log.sampled():
+            self.payload_log.offer(payloadlog.Exchange(
+                payloadlog.request_id(_header(scope, b"x-request-id")), endpoint, call.body, call.content_type,
+                answer, status, (time.perf_counter() - started) * 1000, payloadlog.now()))
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def produce(phase: list[str]) -> bytes:
-            request, big = await self._decode(scope, receive, self._decode_mlflow, phase)
+        async def produce(call: Call) -> bytes:
+            request, big = await self._decode(scope, receive, self._decode_mlflow, call)
             body: bytes = await self._off_loop(big, encode_mlflow, await self._predict(request))
             return body
 
-        await self._answer("invocations", send, produce)
+        await self._answer("invocations", scope, send, produce)
 
     async def _off_loop(self, big: bool, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args), on a codec thread when the data is big (so the event loop stays free)."""
@@ -279,15 +300,18 @@ class ScoringApp:
         return await asyncio.get_running_loop().run_in_executor(self._codec, fn, *args)
 
     async def _decode(self, scope: Scope, receive: Receive, decoder: Callable[[bytes, str | None], protocol.Request],
-                      phase: list[str]) -> tuple[protocol.Request, bool]:
+                      call: Call) -> tuple[protocol.Request, bool]:
         """The decoded request, and whether it is big (its answer is then encoded off the loop too)."""
         assert self.batcher is not None
         body = await _read_body(scope, receive, self.settings.max_body_bytes)
-        phase[0] = "work"
+        content_type = _header(scope, b"content-type")
+        call.phase = "work"
+        if self.payload_log is not None:  # (only then: it keeps the body alive until the answer is sent)
+            call.body, call.content_type = body, content_type or ""
         big = len(body) > OFFLOAD_BYTES
         self.batcher.arriving += 1  # complete and being decoded: a batch may wait for it
         try:
-            return await self._off_loop(big, decoder, body, _header(scope, b"content-type")), big
+            return await self._off_loop(big, decoder, body, content_type), big
         except ServingError:
             raise
         except Exception as exc:
@@ -355,7 +379,7 @@ class ScoringApp:
             raise NotFound(f"no route for {path}")
 
     async def _v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def produce(phase: list[str]) -> bytes:
+        async def produce(call: Call) -> bytes:
             assert self.model is not None
             schema = self.model.input_schema
             request_id: list[str] = []
@@ -365,7 +389,7 @@ class ScoringApp:
                 request_id.append(rid or str(uuid.uuid4()))
                 return protocol.decode(orjson.dumps(doc), "application/json")
 
-            request, big = await self._decode(scope, receive, decoder, phase)
+            request, big = await self._decode(scope, receive, decoder, call)
             result = await self._predict(request)
 
             def encode() -> bytes:
@@ -375,7 +399,7 @@ class ScoringApp:
             body: bytes = await self._off_loop(big, encode)
             return body
 
-        await self._answer("v2_infer", send, produce)
+        await self._answer("v2_infer", scope, send, produce)
 
 
 # -- small helpers ------------------------------------------------------------------------------------

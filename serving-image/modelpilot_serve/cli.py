@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
                            settings.auth_api_keys_dir)
     except ValueError as exc:
         parser().error(str(exc))
+    if not 0 <= settings.payload_log_sample_rate <= 1:
+        parser().error("--payload-log-sample-rate must be between 0 and 1")
+    if settings.payload_log_url and not settings.payload_log_url.startswith(("http://", "https://")):
+        parser().error("--payload-log-url must be an http:// or https:// URL")
     # Workers are separate processes built by the uvicorn factory: they read the same settings back
     # from the environment.
     os.environ.update(settings.to_env())

@@ -34,6 +34,11 @@ AUTH_FAILURES = Counter("modelpilot_auth_failures_total", "Requests refused by a
                         [*LABELS, "reason"])
 AUTH_REVIEWS = Counter("modelpilot_auth_reviews_total",
                        "Token reviews asked of the Kubernetes API server (answers are cached per token)", LABELS)
+PAYLOAD_LOG_SENT = Counter("modelpilot_payload_log_sent_total",
+                           "Sampled requests whose request and response events reached the payload-log sink", LABELS)
+PAYLOAD_LOG_DROPPED = Counter("modelpilot_payload_log_dropped_total",
+                              "Sampled requests not logged: the queue was full (a slow or absent sink) or the "
+                              "send failed", [*LABELS, "reason"])
 READY = Gauge("modelpilot_model_ready", "1 when the model is loaded and warm", LABELS, multiprocess_mode="min")
 
 

@@ -38,6 +38,12 @@ class ServeSettings:
     auth_audience: str = "modelpilot"
     auth_resource: str = ""
     auth_api_keys_dir: str = "/var/run/modelpilot/api-keys"
+    payload_log_url: str = ""
+    payload_log_sample_rate: float = 1.0
+    payload_log_queue: int = 1000
+    #: Where this server runs, for the payload log's events: the namespace and the track (stable, canary).
+    namespace: str = ""
+    track: str = ""
 
     def to_env(self) -> dict[str, str]:
         return {f"MODELPILOT_{k.upper()}": str(v) for k, v in self.__dict__.items()}
@@ -132,6 +138,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-api-keys-dir", default=_default("auth_api_keys_dir"),
                    help="api-key: a directory whose files hold the valid keys (a mounted Secret; re-read when "
                         "it changes) [MODELPILOT_AUTH_API_KEYS_DIR]")
+    p.add_argument("--payload-log-url", default=_default("payload_log_url"),
+                   help="send sampled requests and responses here as CloudEvents (KServe's inference logger "
+                        "events); empty: off [MODELPILOT_PAYLOAD_LOG_URL]")
+    p.add_argument("--payload-log-sample-rate", type=float, default=_default("payload_log_sample_rate"),
+                   help="share of requests logged, 0 to 1 [MODELPILOT_PAYLOAD_LOG_SAMPLE_RATE]")
+    p.add_argument("--payload-log-queue", type=int, default=_default("payload_log_queue"),
+                   help="requests waiting for the sink, per worker; past it they are dropped and counted "
+                        "[MODELPILOT_PAYLOAD_LOG_QUEUE]")
+    p.add_argument("--namespace", default=_default("namespace"), help="[MODELPILOT_NAMESPACE]")
+    p.add_argument("--track", default=_default("track"), help="stable or canary [MODELPILOT_TRACK]")
     p.add_argument("--log-level", default=_default("log_level"),
                    choices=["critical", "error", "warning", "info", "debug"], help="[MODELPILOT_LOG_LEVEL]")
     return p
