@@ -211,7 +211,22 @@ state = "{self.dir / 'containerd-state'}"
             "metricsBindAddress": f"127.0.0.1:{free_port()}",
             "conntrack": {"maxPerCore": 0}, "iptables": {"syncPeriod": "1s", "minSyncPeriod": "0s"},
         }))
-        self.procs.start("kube-proxy", [str(self.cp.bin / "kube-proxy"), f"--config={config}", "--v=1"])
+        # --v=2: each rules sync logs how long it took, so a test that finds a Service unreachable can tell
+        # a slow or failing kube-proxy from a missing endpoint
+        self.procs.start("kube-proxy", [str(self.cp.bin / "kube-proxy"), f"--config={config}", "--v=2"])
+
+    def proxy_report(self, cluster_ip: str) -> str:
+        """What kube-proxy has programmed for a ClusterIP and what it last logged: for a failing test's message.
+
+        Without a rule, a ClusterIP is not routed to the node at all: the packet leaves by the default route
+        and whatever answers there (a refusal, or an egress proxy's 404) is no pod's answer."""
+        nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+        rules = [line for line in nat.splitlines() if cluster_ip in line] or ["(no nat rule names it)"]
+        lines = self.procs.log_tail("kube-proxy", 2000).splitlines()
+        complaints = [line[:400] for line in lines if line[:1] in "EW"]
+        syncs = [line for line in lines if "SyncProxyRules complete" in line]
+        return "\n".join([f"kube-proxy rules for {cluster_ip}:", *rules, "kube-proxy's last errors and warnings:",
+                          *complaints[-10:], "its last rule syncs:", *syncs[-10:]])
 
     def stop(self) -> None:
         self.procs.stop("kube-proxy")

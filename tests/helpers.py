@@ -240,6 +240,8 @@ class RandomTraffic:
         self.codes: Counter[int] = Counter()
         #: (epoch, error) of requests that got no HTTP answer at all
         self.failures: list[tuple[float, str]] = []
+        #: the first few answers of each status but 200: (epoch, start of the body)
+        self.samples: dict[int, list[tuple[float, str]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -249,11 +251,25 @@ class RandomTraffic:
         while not self._stop.is_set():
             body = {"dataframe_split": {"columns": columns, "data": [[rng.gauss(0, 1) for _ in columns]]}}
             try:
-                self.codes[requests.post(self.url + "/invocations", json=body, timeout=10).status_code] += 1
+                resp = requests.post(self.url + "/invocations", json=body, timeout=10)
             except requests.RequestException as exc:
-                self.codes[0] += 1
-                self.failures.append((time.time(), type(exc).__name__ + ": " + str(exc)[-160:]))
+                self._no_answer(type(exc).__name__ + ": " + str(exc)[-160:])
+            else:
+                if not resp.headers.get("content-type", "").startswith("application/json"):
+                    # not a scoring server's answer (they are all JSON): e.g. a ClusterIP kube-proxy had no
+                    # rule for at that instant, so the request left by the default route and some proxy
+                    # there answered. No pod answered: counted with the requests that got no answer.
+                    self._no_answer(f"HTTP {resp.status_code} from {resp.headers.get('server')!r}, not from a "
+                                    "scoring server")
+                else:
+                    self.codes[resp.status_code] += 1
+                    if resp.status_code != 200 and len(self.samples.setdefault(resp.status_code, [])) < 3:
+                        self.samples[resp.status_code].append((time.time(), resp.text[:160]))
             self._stop.wait(1 / self.per_second)
+
+    def _no_answer(self, why: str) -> None:
+        self.codes[0] += 1
+        self.failures.append((time.time(), why))
 
     def start(self) -> RandomTraffic:
         self._thread.start()
@@ -263,6 +279,15 @@ class RandomTraffic:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(15)
+
+    def report(self) -> str:
+        """When requests failed and how, for an assertion message."""
+        lines = [f"answers: {dict(self.codes)}"]
+        lines += [f"  {code} at {t:.1f}: {text!r}" for code, seen in self.samples.items() for t, text in seen]
+        if self.failures:
+            lines.append(f"  no answer, first at {self.failures[0][0]:.1f}: {self.failures[0][1]}")
+            lines.append(f"  no answer, last at {self.failures[-1][0]:.1f}: {self.failures[-1][1]}")
+        return "\n".join(lines)
 
     def __enter__(self) -> RandomTraffic:
         return self.start()

@@ -23,8 +23,15 @@ BODY = json.dumps({"dataframe_split": frame(3, seed=1).to_dict(orient="split") |
 
 
 def call(url: str, headers: dict[str, str] | None = None) -> requests.Response:
-    return requests.post(f"{url}/invocations", data=BODY, timeout=30,
-                         headers={"Content-Type": "application/json", **(headers or {})})
+    """One request, as a client with retries makes it: a refused connection is tried again for up to 30 s
+    (this test is about the answers; that no request fails during a rollout is test_real_node's). In CI a
+    pod that had just turned Ready has refused connections until kubelet restarted it, see the note in
+    test_canary_real."""
+    def attempt() -> tuple[requests.Response]:
+        return (requests.post(f"{url}/invocations", data=BODY, timeout=30,
+                              headers={"Content-Type": "application/json", **(headers or {})}),)
+
+    return wait_for(attempt, 30, f"an answer from {url}")[0]
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -61,7 +68,7 @@ def test_kubernetes_tokens_and_api_keys_guard_a_model_on_the_real_node(
     manifest = mdep_manifest("guarded", namespace, f"models:/{model_name}@champion", auth={"mode": "kubernetes"})
     apply(control_plane, manifest)
     wait_ready(kube, namespace, "guarded", timeout=240, operator=node_operator)
-    url = service_url(kube, namespace, "guarded")
+    url = service_url(kube, namespace, "guarded", real_node)
     control_plane.kubectl("create", "serviceaccount", "caller", "-n", namespace)
     caller = control_plane.kubectl("create", "token", "caller", "-n", namespace,
                                    "--audience", "modelpilot").stdout.strip()
@@ -89,7 +96,14 @@ def test_kubernetes_tokens_and_api_keys_guard_a_model_on_the_real_node(
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{pod_report(control_plane, namespace)}") from None
     wait_ready(kube, namespace, "guarded", timeout=120, operator=node_operator)
-    # the kubernetes-mode pod keeps answering for a few seconds while it terminates (preStop)
+    # the kubernetes-mode pod keeps answering for a few seconds while it terminates (preStop): wait until it
+    # is gone (five good answers in a row were not proof: the Service picks a pod at random)
+    def pods() -> int:
+        body = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods",
+                            params={"labelSelector": "modelpilot.dev/deployment=guarded"})
+        return len((body or {}).get("items", []))
+
+    wait_for(lambda: pods() == 1, 90, "only the API-key pod to remain")
     wait_for(lambda: all(call(url, bearer("k-123-checkout")).status_code == 200 for _ in range(5)), 60,
              "only API-key pods to answer")
     assert call(url).status_code == 401

@@ -9,9 +9,11 @@ PodMonitor would. A version that fails half its requests is rolled back; a good 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -64,7 +66,7 @@ def pod_prometheus(state_dir: Path, control_plane: ControlPlane, real_node: Real
 
 def test_a_canary_on_real_pods_is_rolled_back_or_promoted_on_real_metrics(
         control_plane: ControlPlane, kube: Kube, node_operator: Operator, node_registry: Registry,
-        pod_prometheus: PrometheusServer, namespace: str, model_name: str) -> None:
+        pod_prometheus: PrometheusServer, real_node: RealNode, namespace: str, model_name: str) -> None:
     v1 = node_registry.register(model_name, alias="champion", seed=0)
     manifest = mdep_manifest(
         "fraud", namespace, f"models:/{model_name}@champion", replicas=2, refreshInterval="2s",
@@ -76,7 +78,9 @@ def test_a_canary_on_real_pods_is_rolled_back_or_promoted_on_real_metrics(
     apply(control_plane, manifest)
     wait_ready(kube, namespace, "fraud", timeout=240, operator=node_operator, version=v1)
 
-    with RandomTraffic(service_url(kube, namespace, "fraud"), FEATURES, seed=7, per_second=50) as traffic:
+    url = service_url(kube, namespace, "fraud", real_node)
+    started = time.time()
+    with RandomTraffic(url, FEATURES, seed=7, per_second=50) as traffic:
         bad = register_faulty(node_registry.url, model_name, alias="champion", fail_share=0.5, features=FEATURES)
         obj = wait_canary(kube, namespace, "fraud", "the faulty version to be rolled back",
                           lambda s: (s.get("lastRollout") or {}).get("version") == bad, node_operator, timeout=300)
@@ -99,10 +103,14 @@ def test_a_canary_on_real_pods_is_rolled_back_or_promoted_on_real_metrics(
             f'sum(modelpilot_requests_total{{namespace="{namespace}",version="{good}",code="200"}})')
         assert served and float(served[0]["value"][1]) > 20
     # Every answer is a model's answer (200) or the faulty version's failure (500). Requests that got no
-    # answer at all are not asserted away: under CPU load in CI a serving pod's probes have timed out
-    # and kubelet restarted it (the scoring server still answers probes on the loop that also does
-    # request work: issue 12), which refuses connections for a few seconds; they are shown, not hidden.
-    assert set(traffic.codes) <= {0, 200, 500}, traffic.codes
+    # answer from a pod are shown, not asserted away. Under CPU load (CI, or two busy loops beside this
+    # test) the Service has refused connections for 18-40 s after a promotion: the new stable pod turned
+    # Ready, its port refused connections about 3 s later (the kubelet's probes too) while the process
+    # lived on, until kubelet's liveness probe restarted it; the old pods were terminating meanwhile.
+    # Not explained yet (pod logs were gone with the namespace); kube-proxy was not the cause. At the
+    # edges of such an outage, between kube-proxy's filter and nat table commits, a request can find no
+    # rule for the ClusterIP and leave by the default route: RandomTraffic counts that with no answer.
+    report = f"traffic from {started:.1f} to {time.time():.1f}\n{traffic.report()}"
+    assert set(traffic.codes) <= {0, 200, 500}, f"{report}\n{real_node.proxy_report(urlsplit(url).hostname or '')}"
     if traffic.failures:
-        print(f"\n{traffic.codes[0]} requests got no answer; first {traffic.failures[:2]}, "
-              f"last {traffic.failures[-2:]}")
+        print(f"\n{traffic.codes[0]} requests got no answer\n{report}")

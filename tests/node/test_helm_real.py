@@ -113,7 +113,7 @@ def test_the_helm_installed_operator_serves_a_model(
         except AssertionError as exc:
             logs = control_plane.kubectl("logs", "-n", release_ns, pod["metadata"]["name"], check=False)
             raise AssertionError(f"{exc}\noperator logs:\n{logs.stdout[-4000:]}{logs.stderr}") from None
-        url = service_url(kube, team, "fraud")
+        url = service_url(kube, team, "fraud", real_node)
         # Ready pods are in the Service's endpoints a moment later (EndpointSlice → kube-proxy's rules)
         answer = wait_for(lambda: _answer(url, data), 30, f"an answer from {url}")
         assert answer == expected, "a prediction through the Service equals the registered version's"

@@ -40,10 +40,24 @@ def local_predictions(registry: Registry, name: str, version: str, data: pd.Data
     return list(np.asarray(mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(data)).tolist())
 
 
-def service_url(kube: Kube, namespace: str, name: str) -> str:
+def service_url(kube: Kube, namespace: str, name: str, node: RealNode) -> str:
+    """The Service's address, once kube-proxy routes it to a pod: a Ready ModelDeployment says its pods are
+    ready, not that kube-proxy has written the rules yet (under load that can lag). A liveness answer is
+    the proof: without a rule, whatever answers on the default route does not say {"live":true}."""
     svc = kube.get("v1", "Service", namespace, name)
     assert svc is not None
-    return f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    ip = svc["spec"]["clusterIP"]
+    url = f"http://{ip}:{svc['spec']['ports'][0]['port']}"
+
+    def routed() -> bool:
+        resp = requests.get(f"{url}/v2/health/live", timeout=5)
+        return resp.status_code == 200 and resp.content.startswith(b'{"live":true')
+
+    try:
+        wait_for(routed, 60, f"Service {namespace}/{name} ({url}) to reach a pod")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{node.proxy_report(ip)}") from None
+    return url
 
 
 def invoke(url: str, data: pd.DataFrame) -> list[Any]:
@@ -109,7 +123,7 @@ def test_apply_serve_follow_the_alias_without_a_failed_request_and_delete(
     running = pods(kube, namespace, "fraud")
     assert len(running) == 2 and {p["spec"]["nodeName"] for p in running} == {NODE_NAME}
     assert all(p["spec"]["containers"][0]["image"] == real_node.image for p in running)
-    url = service_url(kube, namespace, "fraud")
+    url = service_url(kube, namespace, "fraud", real_node)
     assert invoke(url, data) == expected_v1, "the Service answers what the registered version predicts"
 
     # Move the alias while a client keeps calling: a rolling update, and not one failed request.
