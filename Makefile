@@ -33,7 +33,8 @@ dev-down: ## stop the local control plane, MLflow and a `make run` operator
 dev-status: ## is the local environment running?
 	$(PY) -m hack.devenv status --state $(STATE)
 
-crd: ## copy the CRD (crds/, the one source) into the chart (tests/chart fails when they differ)
+crd: venv ## regenerate the CRD's Kubernetes-typed schemas (hack/crd_schemas.py), copy it (crds/, the one source) into the chart
+	$(PY) -m hack.crd_schemas
 	cp crds/modeldeployments.modelpilot.dev.yaml charts/modelpilot/files/modeldeployments.modelpilot.dev.yaml
 
 install: ## apply the CRDs to the current kubectl context

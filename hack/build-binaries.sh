@@ -21,6 +21,8 @@ HELM_VERSION=${HELM_VERSION:-v3.21.4}
 # service discovery; this one has it, so tests discover pods the way a production Prometheus does.
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.54.1}
 GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
+PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION:-v0.87.1}
+KEDA_VERSION=${KEDA_VERSION:-v2.18.1}
 CACHE=${MODELPILOT_CACHE:-$HOME/.cache/modelpilot}
 # Which Kubernetes commands to build (kubelet and kube-proxy run the real node).
 K8S_CMDS=${K8S_CMDS:-"kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"}
@@ -138,6 +140,25 @@ if [ ! -s "$gw_dir/gateway.networking.k8s.io_httproutes.yaml" ]; then
   log "gateway-api $GATEWAY_API_VERSION CRDs: fetched"
 fi
 ln -sfn "$gw_dir" "$out/gateway-api-crds"
+
+# The Prometheus Operator's PrometheusRule CRD: the operator renders one per ModelDeployment with latency
+# thresholds where it is served; tests install it to check those against the real schema.
+po_dir="$CACHE/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+if [ ! -s "$po_dir/monitoring.coreos.com_prometheusrules.yaml" ]; then
+  src=$(cd /tmp && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$po_dir.tmp" && cp "$src"/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml "$po_dir.tmp/" && rm -rf "$po_dir" && mv "$po_dir.tmp" "$po_dir"
+  log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION PrometheusRule CRD: fetched"
+fi
+ln -sfn "$po_dir" "$out/prometheus-operator-crds"
+
+# KEDA's ScaledObject CRD: spec.autoscaling.engine keda renders one; tests check it against the real schema.
+keda_dir="$CACHE/keda-$KEDA_VERSION"
+if [ ! -s "$keda_dir/keda.sh_scaledobjects.yaml" ]; then
+  src=$(cd /tmp && go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$keda_dir.tmp" && cp "$src"/config/crd/bases/keda.sh_scaledobjects.yaml "$keda_dir.tmp/" && rm -rf "$keda_dir" && mv "$keda_dir.tmp" "$keda_dir"
+  log "keda $KEDA_VERSION ScaledObject CRD: fetched"
+fi
+ln -sfn "$keda_dir" "$out/keda-crds"
 
 # One directory with stable names for PATH.
 for f in "$k8s_dir"/* "$etcd_dir/etcd" "$kwok_dir/kwok" "$kwok_dir/stages.yaml" "$helm_dir/helm" \

@@ -72,12 +72,23 @@ def control_plane(state_dir: Path) -> Iterator[ControlPlane]:
     bin_dir = ensure_binaries()
     cp = ControlPlane(state_dir, bin_dir)
     cp.start()
-    cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    # The official Gateway API CRDs (standard channel): canary tests check HTTPRoutes against them.
-    cp.kubectl("apply", "--server-side", "-f", str((bin_dir / "gateway-api-crds").resolve()))
-    for resource in ("modeldeployments", "httproutes.gateway.networking.k8s.io"):
-        wait_for(lambda r=resource: cp.kubectl("get", r, "-A", check=False).returncode == 0, 30,  # type: ignore[misc]
-                 f"{resource} to be served")
+    try:
+        crds = [REPO / "crds",
+                # The official Gateway API CRDs (standard channel): canary tests check HTTPRoutes against them.
+                (bin_dir / "gateway-api-crds").resolve(),
+                # The Prometheus Operator's PrometheusRule CRD: spec.monitoring.latency renders one where served.
+                (bin_dir / "prometheus-operator-crds").resolve(),
+                # KEDA's ScaledObject CRD: spec.autoscaling.engine keda renders one where it is served.
+                (bin_dir / "keda-crds").resolve()]
+        for path in crds:
+            out = cp.kubectl("apply", "--server-side", "-f", str(path), check=False)
+            assert out.returncode == 0, f"the API server refused the CRDs in {path}: {out.stderr}"
+        for resource in ("modeldeployments", "httproutes.gateway.networking.k8s.io"):
+            wait_for(lambda r=resource: cp.kubectl("get", r, "-A", check=False).returncode == 0,  # type: ignore[misc]
+                     30, f"{resource} to be served")
+    except BaseException:
+        cp.stop()  # not left running for the rest of the machine's life
+        raise
     yield cp
     if not os.environ.get("MODELPILOT_TEST_STATE"):
         cp.stop()

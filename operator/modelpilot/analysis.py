@@ -19,7 +19,6 @@ import logging
 import math
 import threading
 from collections.abc import Awaitable, Callable
-from string import Template
 from typing import Any
 
 import aiohttp
@@ -30,6 +29,7 @@ from .canary_state import CanaryState
 from .config import Settings
 from .durations import format_duration
 from .outbound import Outbound, read_limited, wait
+from .promql import render_query, window_text
 from .registry import ResolvedModel
 from .spec import Analysis, DeploymentSpec
 from .urls import BaseURL
@@ -52,20 +52,6 @@ DEFAULT_QUERIES = {
 
 class PrometheusError(Exception):
     """Prometheus could not be asked, or answered something that is not one number."""
-
-
-def promql_string(value: str) -> str:
-    """`value` safe inside a double-quoted PromQL string literal."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def render_query(template: str, variables: dict[str, str]) -> str:
-    return Template(template).safe_substitute({k: promql_string(v) for k, v in variables.items()})
-
-
-def window_text(seconds: float) -> str:
-    """A PromQL range: whole seconds, at least 1."""
-    return f"{max(1, round(seconds))}s"
 
 
 def parse_answer(status: int, raw: bytes, promql: str) -> float | None:
@@ -124,7 +110,8 @@ class Prometheus:
 QueryFn = Callable[[str], Awaitable[float | None]]
 
 
-async def evaluate(analysis: Analysis, variables: dict[str, str], window_seconds: float, query: QueryFn) -> Verdict:
+async def evaluate(analysis: Analysis, variables: dict[str, str], window_seconds: float, query: QueryFn,
+                   subject: str = "canary") -> Verdict:
     """Run the queries and judge. Never raises for Prometheus trouble: that is "inconclusive"."""
     variables = {**variables, "window": window_text(window_seconds)}
     templates = {**DEFAULT_QUERIES, **analysis.queries}
@@ -139,17 +126,18 @@ async def evaluate(analysis: Analysis, variables: dict[str, str], window_seconds
         return Verdict("inconclusive", str(exc), values)
     except TimeoutError:
         return Verdict("inconclusive", f"Prometheus at {analysis.prometheus.origin} did not answer in time", values)
-    return judge(analysis, values, window_seconds)
+    return judge(analysis, values, window_seconds, subject)
 
 
-def judge(analysis: Analysis, values: dict[str, float | None], window_seconds: float) -> Verdict:
+def judge(analysis: Analysis, values: dict[str, float | None], window_seconds: float,
+          subject: str = "canary") -> Verdict:
     """Pass, fail or inconclusive from measured values. Only finite numbers count as data."""
     window = format_duration(window_seconds)
     measured = {k: v if v is not None and math.isfinite(v) else None for k, v in values.items()}
     requests_seen = measured.get("requests")
     if requests_seen is None or requests_seen < analysis.min_requests:
         seen = "no" if not requests_seen else f"only {requests_seen:.0f}"
-        return Verdict("inconclusive", f"{seen} canary requests in the last {window} "
+        return Verdict("inconclusive", f"{seen} {subject} requests in the last {window} "
                        f"(minRequests {analysis.min_requests})", measured)
     failures: list[str] = []
     checks: list[str] = []
@@ -159,7 +147,7 @@ def judge(analysis: Analysis, values: dict[str, float | None], window_seconds: f
             continue
         value = measured.get(key)
         if value is None:
-            return Verdict("inconclusive", f"no {key} data for the canary in the last {window}", measured)
+            return Verdict("inconclusive", f"no {key} data for the {subject} in the last {window}", measured)
         text = f"{key} {fmt.format(value)}{unit} (max {limit:g}{unit})"
         (failures if value > limit else checks).append(text)
     summary = f"{requests_seen:.0f} requests in {window}"

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .names import CANARY, STABLE
+from .names import CANARY, NEWEST, STABLE
 from .registry import ResolvedModel
 
 Key = tuple[str, str]  # (namespace, name)
 Follower = tuple[Key, str]  # ((namespace, name), track)
 #: (tracking URL, model URI, (namespace, Secret name) or None)
 Question = tuple[str, str, tuple[str, str] | None]
-TRACKS = (STABLE, CANARY)
+TRACKS = (STABLE, CANARY, NEWEST)
 #: Shared answers kept at most; the oldest are dropped first when there are more.
 MAX_ANSWERS = 20_000
 

@@ -34,6 +34,10 @@ CHILDREN = (
     ("apps", "v1", "deployments", "apps/v1", "Deployment"),
     ("", "v1", "services", "v1", "Service"),
     ("networking.k8s.io", "v1", "networkpolicies", "networking.k8s.io/v1", "NetworkPolicy"),
+    ("policy", "v1", "poddisruptionbudgets", "policy/v1", "PodDisruptionBudget"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("monitoring.coreos.com", "v1", "prometheusrules", "monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh", "v1alpha1", "scaledobjects", "keda.sh/v1alpha1", "ScaledObject"),
     ("gateway.networking.k8s.io", "v1", "httproutes", GATEWAY_API_VERSION, "HTTPRoute"),
 )
 #: (apiVersion, kind) of everything the watches deliver to the cache.

@@ -89,6 +89,9 @@ def apply_children(writer: Writer, world: World, desired: Desired, field_manager
             log.warning("Applying %s in %s failed: %s", describe(key), namespace, exc.message)
             return Applied(objects, failure=(describe(key), exc.message))
         log.info("%s %s/%s", "Updated" if live is not None else "Created", namespace, f"{key[1]} {key[2]}")
+    for key, fields in desired.handover.items():
+        if world.owner.controls(objects.get(key)):  # co-owns these fields, so our own apply may drop them
+            objects[key] = writer.apply(fields, field_manager + "-handover")
     for key in desired.unwanted:
         if world.owned(key) is None:
             continue  # absent, or someone else's: not ours to delete

@@ -6,6 +6,7 @@ from `.dev/env`, and nothing else needs to be parsed. Every setting is documente
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -33,6 +34,17 @@ class Settings:
     server_image_gpu: str = "ghcr.io/modelpilot/scoring-server:0.1.0-gpu"
     #: imagePullPolicy of serving containers (empty: Kubernetes' default for the tag).
     server_image_pull_policy: str = ""
+    #: Comma-separated images a spec may name in `spec.runtime.image` (empty: none). An entry ending in `/`
+    #: admits every repository below it, a repository admits any tag or digest of it, and an entry with a
+    #: tag or digest admits exactly that image.
+    allowed_images: tuple[str, ...] = ()
+    #: Comma-separated Secrets (in each tenant namespace) serving pods pull images with, unless the spec
+    #: sets `podTemplate.spec.imagePullSecrets`.
+    server_image_pull_secrets: tuple[str, ...] = ()
+    #: Default node placement of serving pods whose spec sets none: `key=value,...` and a JSON list of
+    #: Kubernetes Tolerations.
+    server_node_selector: tuple[tuple[str, str], ...] = ()
+    server_tolerations: tuple[dict[str, Any], ...] = ()
     #: Port the scoring server listens on inside the pod; the Service exposes port 80.
     server_port: int = 8080
     #: Port of the scoring server's probe process, which answers from the workers' heartbeats however
@@ -103,7 +115,12 @@ class Settings:
                 continue
             if f.name == "default_refresh_seconds":
                 values[f.name] = parse_duration(raw)
-            elif f.name == "allowed_registry_urls":
+            elif f.name == "server_node_selector":
+                pairs = (item.partition("=") for item in raw.split(",") if item.strip())
+                values[f.name] = tuple((k.strip(), v.strip()) for k, sep, v in pairs if sep and k.strip())
+            elif f.name == "server_tolerations":
+                values[f.name] = _tolerations(raw)
+            elif str(f.type).startswith("tuple"):
                 values[f.name] = tuple(u.strip() for u in raw.split(",") if u.strip())
             elif f.type in ("bool", bool):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
@@ -118,3 +135,12 @@ class Settings:
     def env_names(self) -> list[str]:
         return [PREFIX + f.name.upper() for f in fields(self)]
 
+
+def _tolerations(raw: str) -> tuple[dict[str, Any], ...]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"MODELPILOT_SERVER_TOLERATIONS must be a JSON list of tolerations: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ValueError("MODELPILOT_SERVER_TOLERATIONS must be a JSON list of tolerations")
+    return tuple(value)

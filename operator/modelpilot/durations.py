@@ -1,13 +1,13 @@
-"""Durations as users write them in specs (`90s`, `5m`, `1h30m`, `250ms`) and as plain seconds."""
+"""Durations as users write them in specs (`90s`, `5m`, `1h30m`, `250ms`, `30d`) and as plain seconds."""
 
 from __future__ import annotations
 
 import re
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 #: The same grammar, as the CRD's OpenAPI pattern (kept here so both agree; a unit test checks it).
-PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -34,7 +34,7 @@ def parse_duration(text: str | int | float) -> float:
         total += float(match.group(1)) * _UNIT[match.group(2)]
         pos = match.end()
     if pos != len(s) or not s:
-        raise ValueError(f"{text!r} is not a duration like 30s, 5m or 1h30m")
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h30m or 30d")
     return total
 
 

@@ -1,6 +1,12 @@
 """Prometheus metrics of the operator itself (served on --metrics-port)."""
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+import time
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 RECONCILES = Counter("modelpilot_reconciles_total", "Reconciles run, by result", ["result"])
 RECONCILE_SECONDS = Histogram("modelpilot_reconcile_duration_seconds", "Time spent in one reconcile")
@@ -21,3 +27,70 @@ QUEUE_OLDEST = Gauge("modelpilot_queue_oldest_seconds", "How long the longest-wa
                      "waited for a worker (0: none waiting)")
 REGISTRY_CALLS = Counter("modelpilot_registry_requests_total", "Resolutions asked of a registry, by registry "
                          "(one per distinct registry, model URI and credentials per refresh interval)", ["host"])
+
+
+class PerModel(Collector):
+    """Gauges with one series per ModelDeployment, computed at scrape time and removed with it:
+    modelpilot_model_age_seconds{namespace,name,version} (since the served version was registered),
+    modelpilot_canary_weight_percent{namespace,name,version} (while a canary runs) and
+    modelpilot_latency_threshold_ms{namespace,name} (spec.monitoring.latency.p99Ms)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._registered: dict[tuple[str, str], tuple[str, float]] = {}
+        self._canary: dict[tuple[str, str], tuple[str, float]] = {}
+        self._threshold: dict[tuple[str, str], float] = {}
+
+    def set(self, namespace: str, name: str, version: str, registered_epoch: float | None) -> None:
+        """The served version and its registration time (unknown: no age series)."""
+        with self._lock:
+            if registered_epoch is None:
+                self._registered.pop((namespace, name), None)
+            else:
+                self._registered[namespace, name] = (version, registered_epoch)
+
+    def set_canary(self, namespace: str, name: str, version: str | None, weight: float) -> None:
+        with self._lock:
+            if version is None:
+                self._canary.pop((namespace, name), None)
+            else:
+                self._canary[namespace, name] = (version, weight)
+
+    def set_threshold(self, namespace: str, name: str, p99_ms: float | None) -> None:
+        with self._lock:
+            if p99_ms is None:
+                self._threshold.pop((namespace, name), None)
+            else:
+                self._threshold[namespace, name] = p99_ms
+
+    def remove(self, namespace: str, name: str) -> None:
+        with self._lock:
+            for series in (self._registered, self._canary, self._threshold):
+                series.pop((namespace, name), None)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        age = GaugeMetricFamily("modelpilot_model_age_seconds", "Seconds since the version a ModelDeployment "
+                                "serves was registered in MLflow", labels=["namespace", "name", "version"])
+        canary = GaugeMetricFamily("modelpilot_canary_weight_percent", "Share of requests a running canary "
+                                   "version receives (mirrored share for shadow canaries)",
+                                   labels=["namespace", "name", "version"])
+        threshold = GaugeMetricFamily("modelpilot_latency_threshold_ms", "spec.monitoring.latency.p99Ms of a "
+                                      "ModelDeployment", labels=["namespace", "name"])
+        now = time.time()
+        with self._lock:
+            for (namespace, name), (version, epoch) in self._registered.items():
+                age.add_metric([namespace, name, version], now - epoch)
+            for (namespace, name), (version, weight) in self._canary.items():
+                canary.add_metric([namespace, name, version], weight)
+            for (namespace, name), p99 in self._threshold.items():
+                threshold.add_metric([namespace, name], p99)
+        yield age
+        yield canary
+        yield threshold
+
+
+PER_MODEL = PerModel()
+REGISTRY.register(PER_MODEL)

@@ -38,6 +38,8 @@ GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 
 STABLE = "stable"
 CANARY = "canary"
+#: Not a serving track: the registry's newest version, asked for when staleness is watched.
+NEWEST = "newest"
 TRACKS = (STABLE, CANARY)
 
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -74,6 +76,11 @@ class Owner:
             "controller": True,
             "blockOwnerDeletion": True,
         }
+
+    def child_metadata(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """The metadata of a child this ModelDeployment controls (labels: the common ones by default)."""
+        return {"name": name, "namespace": self.namespace, "labels": common_labels(self) if labels is None else labels,
+                "ownerReferences": [self.reference()]}
 
     def controls(self, obj: dict[str, Any] | None) -> bool:
         """Whether `obj` is ours: its controller ownerReference carries our uid (metav1.IsControlledBy)."""
@@ -116,6 +123,10 @@ def route_name(owner: Owner) -> str:
 
 
 def policy_name(owner: Owner) -> str:
+    return owner.name
+
+
+def budget_name(owner: Owner) -> str:
     return owner.name
 
 

@@ -17,6 +17,7 @@ from .names import (
     GATEWAY_API_VERSION,
     STABLE,
     Owner,
+    budget_name,
     deployment_name,
     pinned_version,
     policy_name,
@@ -52,10 +53,39 @@ def policy_key(owner: Owner) -> ChildKey:
     return ("networking.k8s.io/v1", "NetworkPolicy", policy_name(owner))
 
 
-def child_keys(owner: Owner, gateway_api: bool) -> list[ChildKey]:
-    keys = [deployment_key(owner), deployment_key(owner, CANARY), service_key(owner), policy_key(owner)]
+def budget_key(owner: Owner) -> ChildKey:
+    return ("policy/v1", "PodDisruptionBudget", budget_name(owner))
+
+
+def autoscaler_key(owner: Owner) -> ChildKey:
+    return ("autoscaling/v2", "HorizontalPodAutoscaler", owner.name)
+
+
+#: The Prometheus Operator's API (PrometheusRule), where its CRDs are installed.
+RULE_API_VERSION = "monitoring.coreos.com/v1"
+
+
+def rule_key(owner: Owner) -> ChildKey:
+    return (RULE_API_VERSION, "PrometheusRule", owner.name)
+
+
+#: KEDA's API (ScaledObject), where its CRDs are installed.
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+
+
+def scaled_object_key(owner: Owner) -> ChildKey:
+    return (KEDA_API_VERSION, "ScaledObject", owner.name)
+
+
+def child_keys(owner: Owner, gateway_api: bool, prometheus_rules: bool = False, keda: bool = False) -> list[ChildKey]:
+    keys = [deployment_key(owner), deployment_key(owner, CANARY), service_key(owner), policy_key(owner),
+            budget_key(owner), autoscaler_key(owner)]
     if gateway_api:
         keys += [service_key(owner, STABLE), service_key(owner, CANARY), route_key(owner)]
+    if prometheus_rules:
+        keys.append(rule_key(owner))
+    if keda:
+        keys.append(scaled_object_key(owner))
     return keys
 
 
@@ -71,6 +101,10 @@ class World:
     objects: dict[ChildKey, dict[str, Any] | None]
     #: Whether the API server serves HTTPRoutes (the Gateway API CRDs are installed).
     gateway_api: bool
+    #: Whether it serves PrometheusRules (the Prometheus Operator's CRDs are installed).
+    prometheus_rules: bool = False
+    #: Whether it serves KEDA's ScaledObjects.
+    keda: bool = False
 
     def live(self, key: ChildKey) -> dict[str, Any] | None:
         """The object under `key`, whoever controls it."""
@@ -86,9 +120,11 @@ class World:
         return [k for k in keys if self.objects.get(k) is not None and not self.owner.controls(self.objects[k])]
 
 
-def observe(reader: Reader, owner: Owner, gateway_api: bool) -> World:
-    objects = {key: reader.get(key[0], key[1], owner.namespace, key[2]) for key in child_keys(owner, gateway_api)}
-    return World(owner, objects, gateway_api)
+def observe(reader: Reader, owner: Owner, gateway_api: bool, prometheus_rules: bool = False,
+            keda: bool = False) -> World:
+    objects = {key: reader.get(key[0], key[1], owner.namespace, key[2])
+               for key in child_keys(owner, gateway_api, prometheus_rules, keda)}
+    return World(owner, objects, gateway_api, prometheus_rules, keda)
 
 
 @dataclass(frozen=True)
@@ -152,24 +188,26 @@ class Discovery(Protocol):
     def serves(self, api_version: str, plural: str) -> bool: ...
 
 
-class GatewayDiscovery:
-    """Whether the API server serves HTTPRoutes, asked at most once a minute."""
+class KindDiscovery:
+    """Whether the API server serves a kind of an optional CRD, asked at most once a minute."""
 
     #: How long the answer is trusted.
     RECHECK_SECONDS = 60.0
 
-    def __init__(self, discovery: Discovery, clock: Callable[[], float]) -> None:
+    def __init__(self, discovery: Discovery, clock: Callable[[], float], api_version: str, plural: str) -> None:
         self.discovery = discovery
         self.clock = clock
+        self.api_version, self.plural = api_version, plural
         self._answer: tuple[bool, float] | None = None
 
     def served(self) -> bool:
         now = self.clock()
         if self._answer is None or now - self._answer[1] > self.RECHECK_SECONDS:
             try:
-                served = self.discovery.serves(GATEWAY_API_VERSION, "httproutes")
+                served = self.discovery.serves(self.api_version, self.plural)
             except Exception as exc:
-                log.warning("Cannot tell whether the Gateway API is installed: %s", exc)
+                log.warning("Cannot tell whether %s %s are served: %s", self.api_version, self.plural, exc)
                 served = False
             self._answer = (served, now)
         return self._answer[0]
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .autoscaling import canary_share
 from .canary import Observed, Verdict
 from .canary import Plan as CanaryPlan
 from .canary import plan as canary_plan
@@ -89,10 +90,23 @@ def decide(spec: DeploymentSpec, world: World, resolved: Resolved, state: Canary
     ), wall, verdict)
 
     stable_replicas, canary_replicas = spec.replicas, 0
-    if rollout.canary is not None and router == "replicas":
-        stable_replicas, canary_replicas = split_replicas(spec.replicas, rollout.weight or _start_weight(spec))
+    if spec.autoscaling is not None:
+        # the HPA sizes stable (its count is only read here); a canary gets its share of that size
+        stable_replicas = autoscaled_replicas(world, spec.autoscaling.min_replicas)
+        if rollout.canary is not None and router == "replicas":
+            canary_replicas = canary_share(stable_replicas, rollout.weight or _start_weight(spec))
+        elif rollout.canary is not None:
+            canary_replicas = canary_replicas_for_route(stable_replicas, _max_weight(spec))
+    elif rollout.canary is not None and router == "replicas":
+        weight = rollout.weight or _start_weight(spec)
+        if _capacity(spec, router) == "borrow":
+            stable_replicas, canary_replicas = split_replicas(spec.replicas, weight)
+        else:
+            canary_replicas = canary_share(spec.replicas, weight)
     elif rollout.canary is not None:
         canary_replicas = canary_replicas_for_route(spec.replicas, _max_weight(spec))
+        if _capacity(spec, router) == "borrow" and spec.replicas > 0:
+            stable_replicas = max(1, spec.replicas - canary_replicas)
 
     stable = rollout.stable
     if stable is not None and stable is resolved.target:
@@ -117,6 +131,19 @@ def decide(spec: DeploymentSpec, world: World, resolved: Resolved, state: Canary
             router=router, desired_weight=rollout.weight)
     return Decision(rollout, router, router_problem, stable_replicas, canary_replicas, stable_from,
                     resolved.candidate_uri, canary_status)
+
+
+def autoscaled_replicas(world: World, floor: int) -> int:
+    """The stable Deployment's count as the HPA left it (`floor` until the Deployment exists)."""
+    live = world.owned(deployment_key(world.owner))
+    replicas = ((live or {}).get("spec") or {}).get("replicas")
+    return replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else floor
+
+
+def _capacity(spec: DeploymentSpec, router: str) -> str:
+    """Whether a canary's pods come from stable ("borrow") or on top of it ("additive")."""
+    chosen = spec.canary.capacity if spec.canary is not None else None
+    return chosen or ("borrow" if router == "replicas" else "additive")
 
 
 def _start_weight(spec: DeploymentSpec) -> int:

@@ -25,20 +25,23 @@ from typing import Any
 
 from . import metrics
 from .analysis import Analyses
+from .autoscaling import engine_in_effect
 from .cache import Cache
 from .canary_state import CanaryState
 from .children import apply_children
 from .config import Settings
 from .desired import desired_children
 from .kube import Kube, KubeError
-from .names import API_VERSION, CANARY, KIND, STABLE, Owner, service_url
-from .observe import ChildKey, GatewayDiscovery, observe
+from .names import API_VERSION, CANARY, GATEWAY_API_VERSION, KIND, NEWEST, STABLE, Owner, service_url
+from .observe import KEDA_API_VERSION, RULE_API_VERSION, ChildKey, KindDiscovery, observe
 from .outbound import Outbound
 from .plan import Resolved, decide
 from .registry import ResolvedModel
 from .resolver import Key, Resolution, Resolver
 from .spec import DeploymentSpec, InvalidSpec, parse_spec
-from .status import Facts, Report, build_status
+from .status import Facts, Report, build_status, model_age
+from .thresholds import Thresholds
+from .uri import ModelRef, RefKind
 from .workqueue import Retry
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,11 @@ class Reconciler:
         self.outbound = outbound or Outbound(per_host=settings.outbound_per_host)
         self.resolver = Resolver(self.outbound, settings, kube.read_secret, enqueue, clock)
         self.analyses = Analyses(self.outbound, settings, enqueue)
-        self.gateway = GatewayDiscovery(kube, clock)
+        self.thresholds = Thresholds(self.outbound, settings, enqueue)
+        # optional CRDs: the Gateway API's HTTPRoute, the Prometheus Operator's PrometheusRule, KEDA's ScaledObject
+        self.gateway = KindDiscovery(kube, clock, GATEWAY_API_VERSION, "httproutes")
+        self.rules = KindDiscovery(kube, clock, RULE_API_VERSION, "prometheusrules")
+        self.keda = KindDiscovery(kube, clock, KEDA_API_VERSION, "scaledobjects")
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         """Converge one ModelDeployment; return seconds until it wants another look (None: never)."""
@@ -85,20 +92,31 @@ class Reconciler:
             self._report(obj, build_status(replace(facts, spec_error=str(exc))))
             return None
 
-        world = observe(self.reader, owner, self.gateway.served())
+        world = observe(self.reader, owner, self.gateway.served(), self.rules.served(), self.keda.served())
         stable, canary = self._resolve(key, spec)
+        newest = self._newest(key, spec)
         resolved = _resolved(spec, stable, canary, facts.old)
         wall, state = self.wall_clock(), CanaryState.from_status(facts.old.get("canary"))
         verdict = self.analyses.due(key, spec, state, resolved.candidate, wall)
         decision = decide(spec, world, resolved, state, facts.old.get("rejected") or {},
                           dict(meta.get("annotations") or {}), verdict, wall)
-        desired = desired_children(owner, spec, decision, self.settings, world.gateway_api)
+        desired = desired_children(owner, spec, decision, self.settings, world)
         applied = apply_children(self.kube, world, desired, self.settings.field_manager)
         self._remember(owner, applied.objects)
+        serving = decision.rollout.stable
+        thresholds, next_check = self.thresholds.latest(key, spec.latency, serving, wall)
         self._report(obj, build_status(replace(
             facts, model_uri=spec.model_uri, canary_spec=spec.canary, problem=stable.problem, pending=stable.pending,
             canary_problem=canary.problem if canary else None, resolved_via=stable.via, decision=decision,
-            applied=applied)))
+            applied=applied, max_model_age=spec.max_model_age_seconds, newest=newest.resolved if newest else None,
+            latency=spec.latency, latency_verdict=thresholds,
+            autoscaling=engine_in_effect(spec.autoscaling, world.keda))))
+        if serving is not None and applied.failure is None and not applied.conflicts:
+            metrics.PER_MODEL.set(namespace, name, serving.version, serving.registered_epoch)
+        running = decision.canary_status
+        metrics.PER_MODEL.set_canary(namespace, name, running.version if running else None,
+                                     (running.mirror_percent or running.weight) if running else 0)
+        metrics.PER_MODEL.set_threshold(namespace, name, spec.latency.max_p99_latency_ms if spec.latency else None)
 
         if applied.failure is not None:
             raise Retry(f"the API server refused {applied.failure[0]}")
@@ -112,6 +130,13 @@ class Reconciler:
             delays.append(decision.rollout.requeue)
         if applied.conflicts:
             delays.append(CONFLICT_RETRY_SECONDS)
+        if next_check is not None:
+            delays.append(next_check)
+        if spec.max_model_age_seconds is not None:
+            for version in (serving, newest.resolved if newest else None):
+                age = model_age(version, facts.now) if version is not None else None
+                if age is not None and age <= spec.max_model_age_seconds:
+                    delays.append(spec.max_model_age_seconds - age + 1)  # the moment it turns stale
         return max(min(delays), 0.5)
 
     def _resolve(self, key: Key, spec: DeploymentSpec) -> tuple[Resolution, Resolution | None]:
@@ -121,6 +146,16 @@ class Reconciler:
             self.resolver.answers.unfollow(key, CANARY)
             return stable, None
         return stable, self.resolver.lookup(key, CANARY, spec, canary.model_uri, canary.model)
+
+    def _newest(self, key: Key, spec: DeploymentSpec) -> Resolution | None:
+        """The registry's newest version of the served model, while staleness is watched: a newer version
+        left unserved for longer than maxModelAge is reported. Its failures are not the tenant's problem
+        to read in status (the stable answer reports the registry); it is simply asked again."""
+        if spec.max_model_age_seconds is None or spec.model.kind is RefKind.LATEST:
+            self.resolver.answers.unfollow(key, NEWEST)
+            return None
+        latest = ModelRef(spec.model.name, RefKind.LATEST)
+        return self.resolver.lookup(key, NEWEST, spec, str(latest), latest)
 
     def _report(self, obj: dict[str, Any], report: Report) -> None:
         """Write the status (only when it changed) and record the events."""
@@ -157,6 +192,8 @@ class Reconciler:
     def forget(self, key: Key) -> None:
         self.resolver.forget(key)
         self.analyses.forget(key)
+        self.thresholds.forget(key)
+        metrics.PER_MODEL.remove(*key)
 
 
 def _resolved(spec: DeploymentSpec, stable: Resolution, canary: Resolution | None, old: dict[str, Any]) -> Resolved:

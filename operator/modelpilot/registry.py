@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -89,10 +90,20 @@ class ResolvedModel:
     alias: str | None = None
     stage: str | None = None
     aliases: tuple[str, ...] = field(default=())
+    #: When the version was registered (RFC 3339, from MLflow's creation_timestamp); "" if not said.
+    registered_at: str = ""
 
     @property
     def pinned(self) -> str:
         return pinned_uri(self.name, self.version)
+
+    @property
+    def registered_epoch(self) -> float | None:
+        """`registered_at` in seconds since the epoch; None when not known."""
+        try:
+            return datetime.fromisoformat(self.registered_at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
 
     def same_version(self, other: ResolvedModel | None) -> bool:
         return other is not None and (self.name, self.version) == (other.name, other.version)
@@ -100,7 +111,8 @@ class ResolvedModel:
     def to_status(self, uri: str) -> dict[str, Any]:
         out: dict[str, Any] = {"uri": uri, "name": self.name, "version": self.version}
         for key, value in (("alias", self.alias), ("stage", self.stage), ("runId", self.run_id),
-                           ("source", self.source), ("downloadUri", self.download_uri)):
+                           ("source", self.source), ("downloadUri", self.download_uri),
+                           ("registeredAt", self.registered_at)):
             if value:
                 out[key] = value
         return out
@@ -115,6 +127,7 @@ class ResolvedModel:
             download_uri=str(status_model.get("downloadUri", "")),
             alias=status_model.get("alias"),
             stage=status_model.get("stage"),
+            registered_at=str(status_model.get("registeredAt", "")),
         )
 
 
@@ -219,6 +232,7 @@ class Registry:
             alias=ref.alias,
             stage=ref.value if ref.kind is RefKind.STAGE else None,
             aliases=tuple(str(a) for a in mv.get("aliases") or ()),
+            registered_at=_registered_at(mv.get("creation_timestamp")),
         )
 
 
@@ -244,6 +258,15 @@ class RegistryClient:
                         f"the registry at {self.base.origin} did not answer within {self.timeout:g}s") from None
 
         return asyncio.run(run())
+
+
+def _registered_at(millis: Any) -> str:
+    """MLflow's creation_timestamp (milliseconds since the epoch, a number or a string) as RFC 3339."""
+    try:
+        seconds = int(millis) / 1000
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if seconds > 0 else ""
+    except (TypeError, ValueError, OverflowError, OSError):
+        return ""
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:

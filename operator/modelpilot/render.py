@@ -26,6 +26,7 @@ from .names import (
     SERVICE_PORT,
     STABLE,
     Owner,
+    budget_name,
     common_labels,
     deployment_name,
     label_value,
@@ -35,11 +36,13 @@ from .names import (
     service_name,
     track_service_name,
 )
+from .podtemplate import dress
 from .registry import ResolvedModel
 from .spec import DeploymentSpec
 
 
-def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings) -> list[dict[str, Any]]:
+def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings, track: str
+         ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "MODELPILOT_MODEL_URI", "value": resolved.pinned},
         {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri},
@@ -57,6 +60,11 @@ def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: 
     ]
     if spec.auth.mode != "none":  # (only then: adding env to every pod template would restart every model)
         env += _auth_env(owner, spec)
+    if spec.payload_log is not None:  # (likewise)
+        env += [{"name": "MODELPILOT_PAYLOAD_LOG_URL", "value": spec.payload_log.url},
+                {"name": "MODELPILOT_PAYLOAD_LOG_SAMPLE_RATE", "value": f"{spec.payload_log.sample_rate:g}"},
+                {"name": "MODELPILOT_NAMESPACE", "value": owner.namespace},
+                {"name": "MODELPILOT_TRACK", "value": track}]
     if spec.credentials_secret:
         # The pod downloads the model through the registry with the same credentials the operator used.
         for var, key in (("MLFLOW_TRACKING_TOKEN", "token"), ("MLFLOW_TRACKING_USERNAME", "username"),
@@ -65,7 +73,9 @@ def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: 
                 "name": spec.credentials_secret, "key": key, "optional": True}}})
     reserved = {e["name"] for e in env}
     env.extend(e for e in spec.runtime.env if e["name"] not in reserved and not e["name"].startswith(AUTH_ENV))
-    return env
+    # The API server stores `value: ""` as no value at all (the variable is still set, empty): rendered the
+    # same way, the live Deployment holds what is applied, and a reconcile does not apply it again.
+    return [{k: v for k, v in e.items() if not (k == "value" and v == "")} for e in env]
 
 
 #: The scoring server's auth settings: only the spec's `auth` sets them, never `runtime.env`.
@@ -137,11 +147,12 @@ def render_deployment(
     track: str = STABLE,
     replicas: int | None = None,
     resolved_from: str | None = None,
+    autoscaled: bool = False,
 ) -> dict[str, Any]:
     """The Deployment of one track that serves exactly `resolved` (never a floating alias).
 
     `replicas` overrides spec.replicas (a replica-ratio canary split); `resolved_from` is the URI the
-    version was resolved from (default spec.model.uri).
+    version was resolved from (default spec.model.uri); `autoscaled`: no replicas at all (an HPA owns them).
     """
     gpu = spec.runtime.variant == "gpu"
     image = settings.server_image_gpu if gpu else settings.server_image_cpu
@@ -166,7 +177,7 @@ def render_deployment(
         "args": ["--model-uri", resolved.pinned],
         "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"},
                   {"name": "health", "containerPort": settings.server_health_port, "protocol": "TCP"}],
-        "env": _env(owner, spec, resolved, settings),
+        "env": _env(owner, spec, resolved, settings, track),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3, port=settings.server_probe_port),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3, port=settings.server_probe_port),
         # Loading a model (download + unpickle + warm-up) can take many minutes: liveness starts only
@@ -197,36 +208,37 @@ def render_deployment(
             {"sizeLimit": settings.server_tmp_size_limit} if settings.server_tmp_size_limit else {})}],
     }
     _auth_pod(pod_spec, container, spec, settings)
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    tolerations = list(spec.tolerations)
+    node_selector = spec.node_selector or dict(settings.server_node_selector)
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
+    tolerations = list(spec.tolerations or settings.server_tolerations)
     if gpu and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     if tolerations:
         pod_spec["tolerations"] = tolerations
-    if spec.replicas >= 2:
-        # soft: a single-node cluster still runs every replica (decided on spec.replicas, not on a canary
-        # split's count, so a split never changes the pod template)
+    if spec.most_replicas >= 2:
+        # soft: a single-node cluster still runs every replica (decided on the spec, not on a canary
+        # split's count or the autoscaler's, so neither ever changes the pod template)
         pod_spec["topologySpreadConstraints"] = [{
             "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": {"matchLabels": selector_labels(owner, track)}}]
+    template_metadata = {"labels": pod_labels, "annotations": annotations}
+    dress(template_metadata, pod_spec, container, spec.pod, settings)
 
+    count = spec.replicas if replicas is None else replicas
+    deployment_spec: dict[str, Any] = {} if autoscaled else {"replicas": count}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": deployment_name(owner, track),
-            "namespace": owner.namespace,
-            "labels": {**common_labels(owner), LABEL_TRACK: track},
-            "ownerReferences": [owner.reference()],
-        },
+        "metadata": owner.child_metadata(deployment_name(owner, track),
+                                         {**common_labels(owner), LABEL_TRACK: track}),
         "spec": {
-            "replicas": spec.replicas if replicas is None else replicas,
+            **deployment_spec,
             "selector": {"matchLabels": selector_labels(owner, track)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": spec.max_surge,
                                                                     "maxUnavailable": spec.max_unavailable}},
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "metadata": template_metadata,
                 "spec": pod_spec,
             },
         },
@@ -248,12 +260,8 @@ def render_service(owner: Owner, settings: Settings, track: str | None = None) -
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": service_name(owner) if track is None else track_service_name(owner, track),
-            "namespace": owner.namespace,
-            "labels": labels,
-            "ownerReferences": [owner.reference()],
-        },
+        "metadata": owner.child_metadata(
+            service_name(owner) if track is None else track_service_name(owner, track), labels),
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
@@ -290,12 +298,7 @@ def render_http_route(owner: Owner, spec: DeploymentSpec, canary_weight: int | N
     return {
         "apiVersion": GATEWAY_API_VERSION,
         "kind": "HTTPRoute",
-        "metadata": {
-            "name": route_name(owner),
-            "namespace": owner.namespace,
-            "labels": common_labels(owner),
-            "ownerReferences": [owner.reference()],
-        },
+        "metadata": owner.child_metadata(route_name(owner)),
         "spec": route_spec,
     }
 
@@ -305,16 +308,27 @@ def render_network_policy(owner: Owner, spec: DeploymentSpec) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": policy_name(owner),
-            "namespace": owner.namespace,
-            "labels": common_labels(owner),
-            "ownerReferences": [owner.reference()],
-        },
+        "metadata": owner.child_metadata(policy_name(owner)),
         "spec": {
             "podSelector": {"matchLabels": {LABEL_DEPLOYMENT: owner.name}},
             "policyTypes": ["Ingress"],
             "ingress": [{"from": [dict(peer) for peer in spec.allow_from],
                          "ports": [{"protocol": "TCP", "port": "http"}]}],
+        },
+    }
+
+
+def render_disruption_budget(owner: Owner, budget: tuple[str, int | str]) -> dict[str, Any]:
+    """A PodDisruptionBudget over every track's pods: node drains evict them only within the budget."""
+    key, amount = budget
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": owner.child_metadata(budget_name(owner)),
+        "spec": {
+            "selector": {"matchLabels": {LABEL_DEPLOYMENT: owner.name}},
+            key: amount,
+            # a pod that is not Ready yet (e.g. still loading its model) may be evicted whatever the budget
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }

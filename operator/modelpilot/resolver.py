@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from . import metrics
-from .answers import Answers, Question
+from .answers import TRACKS, Answers, Question
 from .config import Settings
 from .observe import Problem
 from .outbound import Outbound, wait
@@ -248,7 +248,7 @@ class Resolver:
 
     def forget(self, key: Key) -> None:
         with self._lock:
-            for track in ("stable", "canary"):
+            for track in TRACKS:
                 self._entries.pop((*key, track), None)
         self.answers.unfollow(key)
 

@@ -12,8 +12,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .autoscaling import Autoscaling, parse_autoscaling
 from .config import Settings
-from .durations import parse_duration
+from .fields import InvalidSpec as InvalidSpec  # (re-exported: parse_spec's callers catch it from here)
+from .fields import choice, duration, integer, obj, prometheus_url
+from .podtemplate import DNS_SUBDOMAIN, PodTemplate, parse_pod_template
 from .uri import InvalidModelURI, ModelRef, parse_model_uri
 from .urls import BaseURL, InvalidURL, parse_base_url
 
@@ -25,11 +28,7 @@ MIN_REFRESH_SECONDS = 1.0
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 QUANTITY = re.compile(QUANTITY_PATTERN)
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
-
-class InvalidSpec(ValueError):
-    """The spec cannot be acted upon; the message names the field."""
 
 
 BATCHING_MODES = ("auto", "always", "off")
@@ -83,6 +82,8 @@ class CanarySpec:
     analysis: Analysis | None
     #: Mirror the weight's share of requests to the canary instead of splitting traffic.
     shadow: bool
+    #: Where the canary's pods come from: "borrow" (from stable), "additive" (on top); None: the router's default.
+    capacity: str | None = None
 
     @property
     def progressive(self) -> bool:
@@ -135,33 +136,32 @@ class DeploymentSpec:
     #: The Deployments' rollingUpdate (maxSurge, maxUnavailable): an int or "N%".
     max_surge: int | str = "25%"
     max_unavailable: int | str = 0
+    #: The tenant's pod template (merged under the operator's fields).
+    pod: PodTemplate = field(default_factory=PodTemplate)
+    #: The PodDisruptionBudget: ("minAvailable" | "maxUnavailable", amount); None: no budget.
+    disruption_budget: tuple[str, int | str] | None = None
+    #: An HPA owns the stable Deployment's replicas (spec.replicas is then not used).
+    autoscaling: Autoscaling | None = None
+    #: spec.monitoring.maxModelAge in seconds: a served version registered longer ago is Stale.
+    max_model_age_seconds: float | None = None
+    #: spec.monitoring.latency: the thresholds the served version is checked against (LatencyWithinThreshold).
+    latency: Analysis | None = None
+    #: spec.logging: sampled requests and responses sent as CloudEvents by the scoring server.
+    payload_log: PayloadLog | None = None
+
+    @property
+    def most_replicas(self) -> int:
+        """The most stable pods this spec can run (spread decisions)."""
+        return self.autoscaling.max_replicas if self.autoscaling else self.replicas
 
     @property
     def tracking_uri(self) -> str:
         return str(self.tracking)
 
 
-def _dict(value: Any, path: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidSpec(f"{path} must be an object")
-    return value
-
-
-def _int(value: Any, path: str, default: int, minimum: int = 0) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidSpec(f"{path} must be an integer, got {value!r}")
-    if value < minimum:
-        raise InvalidSpec(f"{path} must be at least {minimum}, got {value}")
-    return value
-
-
 def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
-    spec = _dict(spec, "spec")
-    model = _dict(spec.get("model"), "spec.model")
+    spec = obj(spec, "spec")
+    model = obj(spec.get("model"), "spec.model")
     uri = model.get("uri")
     if not uri:
         raise InvalidSpec("spec.model.uri is required, e.g. models:/fraud-detector@champion")
@@ -170,21 +170,16 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
     except InvalidModelURI as exc:
         raise InvalidSpec(f"spec.model.uri: {exc}") from exc
 
-    tracking, secret, required = _registry(_dict(spec.get("registry"), "spec.registry"), settings)
+    tracking, secret, required = _registry(obj(spec.get("registry"), "spec.registry"), settings)
 
-    raw_refresh = spec.get("refreshInterval")
-    try:
-        refresh = (settings.default_refresh_seconds if raw_refresh in (None, "")
-                   else parse_duration(raw_refresh))
-    except ValueError as exc:
-        raise InvalidSpec(f"spec.refreshInterval: {exc}") from exc
-    refresh = max(refresh, MIN_REFRESH_SECONDS)
+    refresh = duration(spec.get("refreshInterval"), "spec.refreshInterval")
+    refresh = max(settings.default_refresh_seconds if refresh is None else refresh, MIN_REFRESH_SECONDS)
 
-    runtime_raw = _dict(spec.get("runtime"), "spec.runtime")
+    runtime_raw = obj(spec.get("runtime"), "spec.runtime")
     variant = runtime_raw.get("variant") or "cpu"
     if variant not in VARIANTS:
         raise InvalidSpec(f"spec.runtime.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    batching_raw = _dict(runtime_raw.get("batching"), "spec.runtime.batching")
+    batching_raw = obj(runtime_raw.get("batching"), "spec.runtime.batching")
     delay = _number(batching_raw.get("maxDelayMs", Batching.max_delay_ms), "spec.runtime.batching.maxDelayMs")
     env = runtime_raw.get("env") or []
     if not isinstance(env, list) or not all(isinstance(e, dict) and e.get("name") for e in env):
@@ -194,35 +189,39 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
             raise InvalidSpec(f"spec.runtime.env[{i}] ({entry['name']}) sets both value and valueFrom")
     runtime = Runtime(
         variant=variant,
-        workers=_int(runtime_raw.get("workers"), "spec.runtime.workers", 1, minimum=1),
+        workers=integer(runtime_raw.get("workers"), "spec.runtime.workers", 1, minimum=1),
         batching=Batching(
-            max_batch_size=_int(batching_raw.get("maxBatchSize"), "spec.runtime.batching.maxBatchSize",
+            max_batch_size=integer(batching_raw.get("maxBatchSize"), "spec.runtime.batching.maxBatchSize",
                                 Batching.max_batch_size, minimum=1),
             max_delay_ms=Batching.max_delay_ms if delay is None else delay,
-            mode=_choice(batching_raw.get("mode"), "spec.runtime.batching.mode", BATCHING_MODES, "auto"),
+            mode=choice(batching_raw.get("mode"), "spec.runtime.batching.mode", BATCHING_MODES, "auto"),
         ),
         env=tuple(env),
     )
 
-    resources = dict(_dict(spec.get("resources"), "spec.resources"))
-    gpus = _int(resources.pop("gpu", None), "spec.resources.gpu", 1 if variant == "gpu" else 0)
+    resources = dict(obj(spec.get("resources"), "spec.resources"))
+    gpus = integer(resources.pop("gpu", None), "spec.resources.gpu", 1 if variant == "gpu" else 0)
     if gpus and variant != "gpu":
         raise InvalidSpec("spec.resources.gpu is set but spec.runtime.variant is not gpu")
-    k8s_resources = {k: dict(_dict(v, f"spec.resources.{k}")) for k, v in resources.items()
+    k8s_resources = {k: dict(obj(v, f"spec.resources.{k}")) for k, v in resources.items()
                      if k in ("requests", "limits") and v}
     for kind, amounts in k8s_resources.items():
         for resource, amount in amounts.items():
-            if isinstance(amount, bool) or not QUANTITY.match(str(amount)):
+            if isinstance(amount, bool) or not QUANTITY.fullmatch(str(amount)):
                 raise InvalidSpec(f"spec.resources.{kind}.{resource} must be a quantity such as 500m, 2 or 1Gi, "
                                   f"got {amount!r}")
 
-    node_selector = _dict(spec.get("nodeSelector"), "spec.nodeSelector")
+    node_selector = obj(spec.get("nodeSelector"), "spec.nodeSelector")
     tolerations = spec.get("tolerations") or []
     if not isinstance(tolerations, list):
         raise InvalidSpec("spec.tolerations must be a list")
 
     traffic = _traffic(spec.get("traffic"))
     canary = _canary(spec.get("canary"), traffic, settings)
+    auth = _auth(spec.get("auth"))
+    pod = parse_pod_template(spec.get("podTemplate"), runtime_raw, auth.mode, settings)
+    replicas = integer(spec.get("replicas"), "spec.replicas", 1)
+    autoscaling = parse_autoscaling(spec.get("autoscaling"), settings)
 
     return DeploymentSpec(
         model_uri=uri,
@@ -231,7 +230,7 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         credentials_secret=secret,
         credentials_required=required,
         refresh_seconds=refresh,
-        replicas=_int(spec.get("replicas"), "spec.replicas", 1),
+        replicas=replicas,
         runtime=runtime,
         resources=k8s_resources,
         gpus=gpus,
@@ -239,10 +238,92 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         tolerations=tuple(tolerations),
         canary=canary,
         traffic=traffic,
-        auth=_auth(spec.get("auth")),
+        auth=auth,
         allow_from=_allow_from(spec.get("networkPolicy")),
         **_rollout(spec.get("rollout")),
+        pod=pod,
+        disruption_budget=_disruption_budget(spec.get("disruptionBudget"),
+                                             autoscaling.min_replicas if autoscaling else replicas),
+        autoscaling=autoscaling,
+        max_model_age_seconds=_max_model_age(spec.get("monitoring")),
+        latency=_latency(obj(spec.get("monitoring"), "spec.monitoring").get("latency"), settings),
+        payload_log=_payload_log(spec.get("logging")),
     )
+
+
+@dataclass(frozen=True)
+class PayloadLog:
+    """spec.logging: the sink sampled requests and responses are POSTed to, and the share sampled."""
+
+    url: str
+    sample_rate: float
+
+
+def _payload_log(raw: Any) -> PayloadLog | None:
+    logging_ = obj(raw, "spec.logging")
+    if not logging_:
+        return None
+    url = obj(logging_.get("sink"), "spec.logging.sink").get("url")
+    if not url:
+        raise InvalidSpec("spec.logging.sink.url must be set: the http(s) endpoint events are POSTed to")
+    try:
+        sink = parse_base_url(url, "spec.logging.sink.url")
+    except InvalidURL as exc:
+        raise InvalidSpec(str(exc)) from None
+    rate = logging_.get("sampleRate", 1)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise InvalidSpec(f"spec.logging.sampleRate must be a number from 0 to 1, got {rate!r}")
+    return PayloadLog(sink.href, float(rate))
+
+
+#: spec.monitoring.latency: the window by default, and fewer requests than this in it is "not enough data".
+DEFAULT_LATENCY_WINDOW_SECONDS = 300.0
+LATENCY_MIN_REQUESTS = 10
+
+
+def _latency(raw: Any, settings: Settings) -> Analysis | None:
+    """spec.monitoring.latency as the analysis it runs (None: not set)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidSpec("spec.monitoring.latency must be an object")
+    p99, errors = raw.get("p99Ms"), raw.get("errorRate")
+    for key, value, top in (("p99Ms", p99, None), ("errorRate", errors, 1.0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                                  or (top is not None and value > top)):
+            bound = " and at most 1" if top else ""
+            raise InvalidSpec(f"spec.monitoring.latency.{key} must be a number of at least 0{bound}, got {value!r}")
+    if p99 is None and errors is None:
+        raise InvalidSpec("spec.monitoring.latency needs p99Ms or errorRate (or both)")
+    window = duration(raw.get("window"), "spec.monitoring.latency.window")
+    prometheus = prometheus_url(raw.get("prometheusUrl"), "spec.monitoring.latency.prometheusUrl", settings)
+    if window is None:
+        window = DEFAULT_LATENCY_WINDOW_SECONDS
+    return Analysis(prometheus=prometheus, max_error_rate=None if errors is None else float(errors),
+                    max_p99_latency_ms=None if p99 is None else float(p99), min_requests=LATENCY_MIN_REQUESTS,
+                    window_seconds=max(window, 1.0), queries={})
+
+
+def _max_model_age(raw: Any) -> float | None:
+    monitoring = obj(raw, "spec.monitoring")
+    seconds = duration(monitoring.get("maxModelAge"), "spec.monitoring.maxModelAge")
+    if seconds is None:
+        return None
+    if seconds <= 0:
+        raise InvalidSpec("spec.monitoring.maxModelAge must be above 0, e.g. 30d")
+    return seconds
+
+
+def _disruption_budget(raw: Any, replicas: int) -> tuple[str, int | str] | None:
+    """The spec's budget; by default at most one pod down from two replicas (autoscaled: minReplicas) on."""
+    budget = obj(raw, "spec.disruptionBudget")
+    given = [k for k in ("minAvailable", "maxUnavailable") if budget.get(k) is not None]
+    if len(given) > 1:
+        raise InvalidSpec("spec.disruptionBudget sets minAvailable or maxUnavailable, not both")
+    if not given:
+        return ("maxUnavailable", 1) if replicas >= 2 else None
+    key = given[0]
+    return key, _pods_or_percent(budget[key], f"spec.disruptionBudget.{key}", 0)
 
 
 def _pods_or_percent(value: Any, path: str, default: int | str) -> int | str:
@@ -256,7 +337,7 @@ def _pods_or_percent(value: Any, path: str, default: int | str) -> int | str:
 
 
 def _rollout(raw: Any) -> dict[str, int | str]:
-    rollout = _dict(raw, "spec.rollout")
+    rollout = obj(raw, "spec.rollout")
     surge = _pods_or_percent(rollout.get("maxSurge"), "spec.rollout.maxSurge", "25%")
     unavailable = _pods_or_percent(rollout.get("maxUnavailable"), "spec.rollout.maxUnavailable", 0)
     if int(str(surge).rstrip("%")) == 0 and int(str(unavailable).rstrip("%")) == 0:
@@ -266,14 +347,14 @@ def _rollout(raw: Any) -> dict[str, int | str]:
 
 
 def _auth(raw: Any) -> AuthSpec:
-    auth = _dict(raw, "spec.auth")
-    mode = _choice(auth.get("mode"), "spec.auth.mode", AUTH_MODES, "none")
+    auth = obj(raw, "spec.auth")
+    mode = choice(auth.get("mode"), "spec.auth.mode", AUTH_MODES, "none")
     audience = auth.get("audience") or AuthSpec.audience
     if not isinstance(audience, str):
         raise InvalidSpec("spec.auth.audience must be a string")
-    ref = _dict(auth.get("apiKeySecretRef"), "spec.auth.apiKeySecretRef")
+    ref = obj(auth.get("apiKeySecretRef"), "spec.auth.apiKeySecretRef")
     secret = ref.get("name")
-    if secret is not None and (not isinstance(secret, str) or not DNS_SUBDOMAIN.match(secret)):
+    if secret is not None and (not isinstance(secret, str) or not DNS_SUBDOMAIN.fullmatch(secret)):
         raise InvalidSpec(f"spec.auth.apiKeySecretRef.name must be a Secret name, got {secret!r}")
     if mode == "apiKey" and not secret:
         raise InvalidSpec("spec.auth.mode apiKey needs spec.auth.apiKeySecretRef.name: the Secret whose values "
@@ -285,7 +366,7 @@ _PEER_KEYS = {"namespaceSelector", "podSelector"}
 
 
 def _allow_from(raw: Any) -> tuple[dict[str, Any], ...]:
-    policy = _dict(raw, "spec.networkPolicy")
+    policy = obj(raw, "spec.networkPolicy")
     peers = policy.get("allowFrom")
     if peers is None:
         return ()
@@ -304,14 +385,6 @@ def _allow_from(raw: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def _choice(value: Any, path: str, choices: tuple[str, ...], default: str) -> str:
-    if value in (None, ""):
-        return default
-    if value not in choices:
-        raise InvalidSpec(f"{path} must be one of {', '.join(choices)}, got {value!r}")
-    return str(value)
-
-
 def _number(value: Any, path: str, minimum: float = 0.0) -> float | None:
     if value is None:
         return None
@@ -321,18 +394,18 @@ def _number(value: Any, path: str, minimum: float = 0.0) -> float | None:
 
 
 def _weight(value: Any, path: str) -> int:
-    weight = _int(value, path, 0)
+    weight = integer(value, path, 0)
     if weight > 100:
         raise InvalidSpec(f"{path} must be between 0 and 100, got {weight}")
     return weight
 
 
 def _traffic(raw: Any) -> TrafficSpec:
-    traffic = _dict(raw, "spec.traffic")
+    traffic = obj(raw, "spec.traffic")
     router = traffic.get("router") or "auto"
     if router not in ROUTERS:
         raise InvalidSpec(f"spec.traffic.router must be one of {', '.join(ROUTERS)}, got {router!r}")
-    gateway = _dict(traffic.get("gatewayAPI"), "spec.traffic.gatewayAPI")
+    gateway = obj(traffic.get("gatewayAPI"), "spec.traffic.gatewayAPI")
     parents = gateway.get("parentRefs") or []
     if not isinstance(parents, list) or not all(isinstance(p, dict) and p.get("name") for p in parents):
         raise InvalidSpec("spec.traffic.gatewayAPI.parentRefs must be a list of {name, namespace, ...} objects")
@@ -348,8 +421,8 @@ def _traffic(raw: Any) -> TrafficSpec:
 def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | None:
     if raw is None:
         return None
-    canary = _dict(raw, "spec.canary")
-    model = _dict(canary.get("model"), "spec.canary.model")
+    canary = obj(raw, "spec.canary")
+    model = obj(canary.get("model"), "spec.canary.model")
     uri = model.get("uri") or None
     ref = None
     if uri is not None:
@@ -363,14 +436,9 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
         raise InvalidSpec("spec.canary.steps must be a list of {weight, pause}")
     steps = []
     for i, raw_step in enumerate(raw_steps):
-        step = _dict(raw_step, f"spec.canary.steps[{i}]")
-        pause = step.get("pause")
-        try:
-            seconds = None if pause in (None, "") else parse_duration(pause)
-        except ValueError as exc:
-            raise InvalidSpec(f"spec.canary.steps[{i}].pause: {exc}") from exc
+        step = obj(raw_step, f"spec.canary.steps[{i}]")
         steps.append(Step(weight=_weight(step.get("weight"), f"spec.canary.steps[{i}].weight"),
-                          pause_seconds=seconds))
+                          pause_seconds=duration(step.get("pause"), f"spec.canary.steps[{i}].pause")))
     if uri is None and not steps:
         raise InvalidSpec("spec.canary needs model.uri (a manual canary at spec.canary.weight) or steps "
                           "(a progressive rollout of each new version)")
@@ -378,29 +446,18 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
     analysis = None
     raw_analysis = canary.get("analysis")
     if raw_analysis is not None:
-        a = _dict(raw_analysis, "spec.canary.analysis")
+        a = obj(raw_analysis, "spec.canary.analysis")
         if not steps:
             raise InvalidSpec("spec.canary.analysis runs between steps: set spec.canary.steps too")
-        url = a.get("prometheusUrl") or settings.default_prometheus_url
-        if not url:
-            raise InvalidSpec("spec.canary.analysis.prometheusUrl is not set and the operator has no default "
-                              "(MODELPILOT_DEFAULT_PROMETHEUS_URL)")
-        try:
-            prometheus = parse_base_url(url, "spec.canary.analysis.prometheusUrl")
-        except InvalidURL as exc:
-            raise InvalidSpec(str(exc)) from None
+        prometheus = prometheus_url(a.get("prometheusUrl"), "spec.canary.analysis.prometheusUrl", settings)
         max_error = _number(a.get("maxErrorRate"), "spec.canary.analysis.maxErrorRate")
         if max_error is not None and max_error > 1:
             raise InvalidSpec(f"spec.canary.analysis.maxErrorRate is a share between 0 and 1, got {max_error:g}")
         max_p99 = _number(a.get("maxP99LatencyMs"), "spec.canary.analysis.maxP99LatencyMs")
         if max_error is None and max_p99 is None:
             raise InvalidSpec("spec.canary.analysis needs maxErrorRate or maxP99LatencyMs (or both)")
-        window = a.get("window")
-        try:
-            window_seconds = None if window in (None, "") else parse_duration(window)
-        except ValueError as exc:
-            raise InvalidSpec(f"spec.canary.analysis.window: {exc}") from exc
-        queries = _dict(a.get("queries"), "spec.canary.analysis.queries")
+        window_seconds = duration(a.get("window"), "spec.canary.analysis.window")
+        queries = obj(a.get("queries"), "spec.canary.analysis.queries")
         unknown = set(queries) - {"errorRate", "p99LatencyMs", "requests"}
         if unknown or not all(isinstance(q, str) and q.strip() for q in queries.values()):
             extra = f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""
@@ -410,7 +467,7 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
             prometheus=prometheus,
             max_error_rate=max_error,
             max_p99_latency_ms=max_p99,
-            min_requests=_int(a.get("minRequests"), "spec.canary.analysis.minRequests", 10),
+            min_requests=integer(a.get("minRequests"), "spec.canary.analysis.minRequests", 10),
             window_seconds=window_seconds,
             queries={str(k): str(v) for k, v in queries.items()},
         )
@@ -426,6 +483,8 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
         steps=tuple(steps),
         analysis=analysis,
         shadow=shadow,
+        capacity=None if canary.get("capacity") in (None, "") else choice(
+            canary.get("capacity"), "spec.canary.capacity", ("additive", "borrow"), "additive"),
     )
 
 
@@ -442,7 +501,7 @@ def _registry(registry: dict[str, Any], settings: Settings) -> tuple[BaseURL, st
             default = parse_base_url(settings.default_tracking_uri, "MODELPILOT_DEFAULT_TRACKING_URI")
         except InvalidURL as exc:
             raise InvalidSpec(f"the operator's default tracking URI is invalid: {exc}") from None
-    secret_ref = _dict(registry.get("credentialsSecretRef"), "spec.registry.credentialsSecretRef")
+    secret_ref = obj(registry.get("credentialsSecretRef"), "spec.registry.credentialsSecretRef")
     named = secret_ref.get("name") or None
     if named is not None and not isinstance(named, str):
         raise InvalidSpec("spec.registry.credentialsSecretRef.name must be a string")

@@ -12,22 +12,27 @@ one reconcile observed and decided; the reconcile writes the result once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from .autoscaling import autoscaling_status
+from .canary import Verdict
 from .children import Applied
 from .names import Owner, selector_labels
-from .observe import Problem, Rollout, deployment_key
+from .observe import ChildKey, Problem, Rollout, autoscaler_key, deployment_key, scaled_object_key
 from .plan import Decision
 from .registry import ResolvedModel
-from .spec import CanarySpec
+from .spec import Analysis, CanarySpec
+from .thresholds import LATENCY_WITHIN_THRESHOLD, latency_condition
 
 READY = "Ready"
 MODEL_RESOLVED = "ModelResolved"
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+STALE = "Stale"
 #: Ready comes last: it is computed from the others and summarises them.
-CONDITION_ORDER = (MODEL_RESOLVED, AVAILABLE, PROGRESSING, DEGRADED, READY)
+CONDITION_ORDER = (MODEL_RESOLVED, AVAILABLE, PROGRESSING, DEGRADED, READY, STALE, LATENCY_WITHIN_THRESHOLD)
 #: A Degraded reason that does not make Ready False: the rollback is done and stable serves as it should.
 SETTLED_DEGRADATIONS = ("RolledBack",)
 
@@ -80,6 +85,15 @@ class Facts:
     resolved_via: str = "lookup"
     decision: Decision | None = None
     applied: Applied | None = None
+    #: spec.monitoring.maxModelAge in seconds (None: staleness is not watched).
+    max_model_age: float | None = None
+    #: The registry's newest version of the model, when staleness is watched and the registry said.
+    newest: ResolvedModel | None = None
+    #: spec.monitoring.latency and the latest judgement of the served version against it.
+    latency: Analysis | None = None
+    latency_verdict: Verdict | None = None
+    #: (the autoscaling engine in effect, why it is not the one asked for); (None, None) without autoscaling.
+    autoscaling: tuple[str | None, str | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,13 @@ def build_status(f: Facts) -> Report:
     if blocked is not None:
         by_type[DEGRADED] = condition(DEGRADED, True, blocked.reason, blocked.message)
     by_type[READY] = _ready(by_type, rollout, serving, previous_version, blocked)
+    if f.max_model_age is not None:
+        by_type[STALE] = stale_condition(serving, f.max_model_age, f.now, f.newest)
+    if f.latency is not None:
+        held = {c.get("type"): c for c in f.old.get("conditions") or []}
+        was: dict[str, Any] = held.get(LATENCY_WITHIN_THRESHOLD) or {}
+        by_type[LATENCY_WITHIN_THRESHOLD] = condition(LATENCY_WITHIN_THRESHOLD,
+                                                      *latency_condition(f.latency_verdict, f.latency, was))
     conditions = merge_conditions(f.old.get("conditions"), [by_type[t] for t in CONDITION_ORDER if t in by_type],
                                   f.now, f.generation)
 
@@ -127,6 +148,15 @@ def build_status(f: Facts) -> Report:
         "selector": ",".join(f"{k}={v}" for k, v in selector_labels(f.owner).items()),
         "url": f.url,
     }
+    children = f.applied.objects
+
+    def ours(key: ChildKey) -> dict[str, Any] | None:
+        obj = children.get(key)
+        return obj if f.owner.controls(obj) else None
+
+    engine, why = f.autoscaling
+    status["autoscaling"] = autoscaling_status(engine, ours(autoscaler_key(f.owner)),
+                                               ours(scaled_object_key(f.owner)), ours(deployment_key(f.owner)), why)
     events: list[Event] = []
     if blocked is None:
         status["canary"] = f.decision.canary_status.to_status() if f.decision.canary_status else None
@@ -135,7 +165,7 @@ def build_status(f: Facts) -> Report:
             status["lastRollout"] = plan.finished
         events += plan.events
     if deployed is not None:
-        status["model"] = _model_status(f, deployed, old_model)
+        status["model"] = _model_status(f, deployed, old_model, rollout)
         change = f.old.get("lastVersionChange")
         if previous_version and previous_version != deployed.version:
             change = {"from": previous_version, "to": deployed.version, "time": f.now}
@@ -151,11 +181,16 @@ def build_status(f: Facts) -> Report:
     return Report(status, events + _condition_events(f.old, conditions))
 
 
-def _model_status(f: Facts, deployed: ResolvedModel, old: dict[str, Any]) -> dict[str, Any]:
-    """status.model, with when this version was resolved and what made the operator ask (kept while the
-    version stays: a refresh that finds nothing new writes nothing)."""
+def _model_status(f: Facts, deployed: ResolvedModel, old: dict[str, Any], rollout: Rollout) -> dict[str, Any]:
+    """status.model, with when this version was resolved and what made the operator ask, and since when it
+    serves (every pod on it); each kept while the version stays, so a refresh that finds nothing new writes
+    nothing."""
     assert f.decision is not None
     model = deployed.to_status(f.decision.stable_from)
+    if old.get("version") == deployed.version and old.get("servingSince"):
+        model["servingSince"] = old["servingSince"]
+    elif rollout.complete and rollout.template_version == deployed.version:
+        model["servingSince"] = f.now
     if old.get("version") == deployed.version and old.get("uri") == model["uri"] and old.get("resolvedAt"):
         model["resolvedAt"], model["resolvedBy"] = old["resolvedAt"], old.get("resolvedBy", "poll")
     else:
@@ -182,7 +217,7 @@ def compute_conditions(resolved: ResolvedModel | None, problem: Problem | None, 
     """The stable track's conditions, Ready included (before canary and write problems are added)."""
     by_type = {c["type"]: c for c in _base_conditions(resolved, problem, rollout, previous_version)}
     by_type[READY] = _ready(by_type, rollout, resolved, previous_version, None)
-    return [by_type[t] for t in CONDITION_ORDER]
+    return [by_type[t] for t in CONDITION_ORDER if t in by_type]
 
 
 def _base_conditions(resolved: ResolvedModel | None, problem: Problem | None, rollout: Rollout,
@@ -277,6 +312,57 @@ def _ready(by_type: dict[str, dict[str, Any]], rollout: Rollout, serving: Resolv
                      "replicas ready")
 
 
+def model_age(version: ResolvedModel, now: str) -> float | None:
+    """Seconds from a version's registration to `now` (RFC 3339), None when unknown."""
+    registered = version.registered_epoch
+    return None if registered is None else datetime.fromisoformat(now.replace("Z", "+00:00")).timestamp() - registered
+
+
+def stale_condition(serving: ResolvedModel | None, max_age: float, now: str,
+                    newest: ResolvedModel | None = None) -> dict[str, Any]:
+    """Stale=True when the served version was registered longer than `max_age` ago; the reason says
+    NewerVersionNotServed when the registry has held a newer version for that long too (promote it)."""
+    limit = format_age(max_age)
+    if serving is None:
+        return condition(STALE, None, "NotServing", "no version serves yet")
+    age = model_age(serving, now)
+    if age is None:
+        return condition(STALE, None, "RegistrationTimeUnknown",
+                         f"the registry did not say when version {serving.version} was registered")
+    # (no age in the messages: they would change, and be written, on every reconcile)
+    if age > max_age:
+        served = (f"version {serving.version} was registered at {serving.registered_at}, longer ago than "
+                  f"spec.monitoring.maxModelAge ({limit})")
+        newer = _later(newest, serving)
+        newer_age = model_age(newer, now) if newer is not None else None
+        if newer is not None and newer_age is not None and newer_age > max_age:
+            return condition(STALE, True, "NewerVersionNotServed",
+                             f"{served}, and the registry has held version {newer.version} (registered at "
+                             f"{newer.registered_at}) that long too: promote it")
+        if newer is not None:
+            return condition(STALE, True, "ModelOlderThanMaxAge",
+                             f"{served}: promote version {newer.version} (registered at {newer.registered_at}) "
+                             "or a newer one")
+        return condition(STALE, True, "ModelOlderThanMaxAge", f"{served}: register and promote a newer one")
+    return condition(STALE, False, "WithinMaxAge",
+                     f"version {serving.version} was registered at {serving.registered_at}; it turns stale "
+                     f"{limit} after that")
+
+
+def _later(newest: ResolvedModel | None, serving: ResolvedModel) -> ResolvedModel | None:
+    """`newest` when it is a later version than `serving`."""
+    if newest is None or not (newest.version.isdigit() and serving.version.isdigit()):
+        return None
+    return newest if int(newest.version) > int(serving.version) else None
+
+
+def format_age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}".rstrip("0").rstrip(".") + unit
+    return f"{max(seconds, 0):.0f}s"
+
+
 def _condition_events(old: dict[str, Any], conditions: list[dict[str, Any]]) -> list[Event]:
     """A Warning when resolution starts failing (or fails differently), Normal when it recovers, and a
     Warning when Ready turns to a conflict or a refused write (again when the message changes)."""
@@ -289,6 +375,15 @@ def _condition_events(old: dict[str, Any], conditions: list[dict[str, Any]]) -> 
         events.append(("Warning", now["reason"], now["message"]))
     elif now is not None and now["status"] == "True" and was.get("status") == "False":
         events.append(("Normal", "Recovered", now["message"]))
+    was, now = before.get(LATENCY_WITHIN_THRESHOLD) or {}, after.get(LATENCY_WITHIN_THRESHOLD)
+    if now is not None and now["status"] == "False" and was.get("status") != "False":
+        events.append(("Warning", now["reason"], now["message"]))
+    elif now is not None and now["status"] == "True" and was.get("status") == "False":
+        events.append(("Normal", "LatencyRecovered", now["message"]))
+    was, now = before.get(STALE) or {}, after.get(STALE)
+    if now is not None and now["status"] == "True" and (was.get("status") != "True"
+                                                        or was.get("message") != now["message"]):
+        events.append(("Warning", now["reason"], now["message"]))
     was, now = before.get(READY) or {}, after.get(READY)
     if now is not None and now["reason"] in ("NameConflict", "ApplyFailed") and (
             was.get("reason") != now["reason"] or was.get("message") != now["message"]):

@@ -29,6 +29,11 @@ class BaseURL:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}" + (f":{self.port}" if self.port else "")
 
+    @property
+    def href(self) -> str:
+        """The URL itself, its path quoted."""
+        return self.origin + urllib.parse.quote(self.path, safe="/:@-._~!$&'()*+,;=")
+
     def join(self, path: str) -> str:
         """The URL of `path` (an absolute path the operator chose) below this base."""
         if not path.startswith("/"):

@@ -37,6 +37,10 @@ OPERATOR_NEEDS = {
     ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("monitoring.coreos.com", "prometheusrules"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
     # leader election (operator/modelpilot/leader.py), in the release namespace, on its one Lease
@@ -243,6 +247,24 @@ def test_registry_allowlist_reaches_the_operator(helm: str) -> None:
     assert Settings.from_env(env).allowed_registry_urls == ()
 
 
+def test_serving_pod_platform_defaults_reach_the_operator(helm: str) -> None:
+    from modelpilot.config import Settings
+
+    def settings(*args: str) -> Settings:
+        dep = next(d for d in render(helm, *args) if d["kind"] == "Deployment")
+        return Settings.from_env({e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+                                  if "value" in e})
+
+    chosen = settings("-f", str(Path(__file__).parent / "values" / "everything.yaml"))
+    assert chosen.allowed_images == ("registry.example.com/ml/", "ghcr.io/acme/scorer")
+    assert chosen.server_image_pull_secrets == ("regcred",)
+    assert dict(chosen.server_node_selector) == {"pool": "inference", "topology.kubernetes.io/zone": "eu-west-1a"}
+    assert chosen.server_tolerations == ({"key": "inference", "operator": "Exists", "effect": "NoSchedule"},)
+    default = settings()
+    assert (default.allowed_images, default.server_image_pull_secrets, default.server_node_selector,
+            default.server_tolerations) == ((), (), (), ())
+
+
 def test_kubernetes_auth_namespaces_get_a_serving_account_that_may_only_review_tokens(helm: str) -> None:
     assert not [d for d in render(helm) if "token-reviewer" in d["metadata"]["name"]]  # off by default
     docs = render(helm, "--set", "scoringServer.auth.kubernetesNamespaces={team-a,team-b}")
@@ -275,3 +297,32 @@ def test_the_webhook_route_sends_only_mlflows_posts_to_the_webhook_service(helm:
                           "webhooks.secretName=s", "--set", "webhooks.httpRoute.enabled=true"],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "parentRefs" in out.stderr
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL expression of the dashboard: its panels' targets and its variables' queries."""
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"]["query"].removeprefix("label_values(").rsplit(",", 1)[0]
+              for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return exprs
+
+
+def test_the_grafana_dashboard_ships_for_the_sidecar_and_only_plots_metrics_that_exist(helm: str) -> None:
+    import re
+
+    assert not [d for d in render(helm) if d["kind"] == "ConfigMap"], "opt-in"
+    (config_map,) = [d for d in render(helm, "--set", "grafanaDashboard.enabled=true", "--set",
+                                       "grafanaDashboard.namespace=monitoring") if d["kind"] == "ConfigMap"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    dashboard = json.loads(config_map["data"]["modelpilot-models.json"])
+    assert dashboard["uid"] == "modelpilot-models" and len(dashboard["panels"]) >= 8
+    exported = set()
+    for source in (REPO / "serving-image" / "modelpilot_serve" / "metrics.py", REPO / "operator" / "modelpilot" /
+                   "metrics.py"):
+        exported |= set(re.findall(r'"(modelpilot_[a-z_]+)"', source.read_text()))
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in dashboard_queries(dashboard)
+            for m in re.findall(r"\b(modelpilot_[a-z_]+)", e)}
+    assert used and used <= exported, used - exported
+    grids = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
+    assert len(grids) == len(set(grids)), "no two panels on the same spot"

@@ -18,10 +18,14 @@ from typing import Any
 class FakeMlflow:
     def __init__(self) -> None:
         self.aliases: dict[tuple[str, str], str] = {}
+        #: version → creation_timestamp (ms); unset versions were registered on 2026-11-01T00:00:00Z
+        self.registered: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []  # (path with query, Authorization)
         #: "ok" | "down" (503) | "html" (404 page with a secret in it) | "trickle"
         self.mode = "ok"
         self.trickle_seconds = 1.0
+        #: Whether get-latest-versions is answered (a registry without stages, e.g. Unity Catalog, does not)
+        self.latest = True
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,10 +65,15 @@ class FakeMlflow:
         url = urllib.parse.urlsplit(h.path)
         query = dict(urllib.parse.parse_qsl(url.query))
         name = query.get("name", "")
+        known = {*self.aliases.values(), *self.registered}
         if url.path.endswith("/registered-models/alias"):
             version = self.aliases.get((name, query.get("alias", "")))
         elif url.path.endswith("/model-versions/get") or url.path.endswith("/model-versions/get-download-uri"):
-            version = query.get("version") if query.get("version") in self.aliases.values() else None
+            version = query.get("version") if query.get("version") in known else None
+        elif url.path.endswith("/registered-models/get-latest-versions") and self.latest:
+            newest = max(known, key=int) if known else None
+            return self._send(h, 200, json.dumps({"model_versions": [self._version(name, newest)]} if newest
+                                                 else {}).encode())
         else:
             return self._send(h, 404, b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "no"}')
         if version is None:
@@ -73,9 +82,12 @@ class FakeMlflow:
         if url.path.endswith("get-download-uri"):
             body = {"artifact_uri": f"mlflow-artifacts:/models/{name}/{version}"}
         else:
-            body = {"model_version": {"name": name, "version": version, "status": "READY", "run_id": "r" * 32,
-                                      "source": f"models:/m-{version}"}}
+            body = {"model_version": self._version(name, version)}
         self._send(h, 200, json.dumps(body).encode())
+
+    def _version(self, name: str, version: str) -> dict[str, Any]:
+        return {"name": name, "version": version, "status": "READY", "run_id": "r" * 32,
+                "source": f"models:/m-{version}", "creation_timestamp": self.registered.get(version, 1_793_491_200_000)}
 
     def _send(self, h: http.server.BaseHTTPRequestHandler, code: int, body: bytes,
               content_type: str = "application/json") -> None:

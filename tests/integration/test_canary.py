@@ -27,6 +27,7 @@ from modelpilot.kube import Kube
 from modelpilot.traffic import effective_weight, split_replicas
 from tests.helpers import (
     MDEP,
+    REPO,
     Operator,
     RandomTraffic,
     Registry,
@@ -486,3 +487,52 @@ def test_gateway_api_router_without_parent_refs_is_refused(
     obj = wait_canary(kube, namespace, "g", "InvalidSpec",
                       lambda s: condition({"status": s}, "Ready").get("reason") == "InvalidSpec", operator)
     assert "parentRefs" in condition(obj, "Ready")["message"]
+
+
+# -- latency thresholds of the served version, from the same real Prometheus ---------------------------------
+def test_the_served_versions_latency_and_errors_are_checked_against_its_thresholds(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str, prometheus: PrometheusServer, serve: Callable[[str, str], ScoringServer]) -> None:
+    version = registry.register(model_name, alias="champion", seed=0)
+    serve(model_name, version)  # real requests, scraped by the real Prometheus
+    manifest = mdep_manifest("m", namespace, f"models:/{model_name}@champion", monitoring={"latency": {
+        "p99Ms": 60000, "errorRate": 0.5, "window": "30s", "prometheusUrl": prometheus.url}})
+    apply(control_plane, manifest)
+
+    def judged(status: str) -> Callable[[], dict[str, Any] | None]:
+        def check() -> dict[str, Any] | None:
+            found = condition(get_mdep(kube, namespace, "m"), "LatencyWithinThreshold")
+            return found if found.get("status") == status else None
+        return check
+
+    within = wait_for(judged("True"), 120, f"LatencyWithinThreshold=True\n{operator.logs(40)}")
+    assert within["reason"] == "WithinThreshold" and "requests in 30s" in within["message"], within
+    # the same traffic against a p99 no server meets (one microsecond): checked again at once (new thresholds)
+    manifest["spec"]["monitoring"]["latency"]["p99Ms"] = 0.001
+    reapply(control_plane, manifest)
+    over = wait_for(judged("False"), 60, f"LatencyWithinThreshold=False\n{operator.logs(40)}")
+    assert over["reason"] == "ThresholdExceeded" and "p99LatencyMs" in over["message"], over
+    warnings = [e for e in wait_event(kube, namespace, "m", "ThresholdExceeded", "Warning")
+                if e["reason"] == "ThresholdExceeded"]
+    assert len(warnings) == 1, warnings
+
+
+def test_every_query_of_the_grafana_dashboard_is_valid_promql_for_the_real_prometheus(
+        prometheus: PrometheusServer) -> None:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.chart.test_chart import dashboard_queries
+
+    dashboard = json.loads((REPO / "charts" / "modelpilot" / "files" / "grafana-dashboard.json").read_text())
+    grafana = {"$namespace": ".*", "$model": ".*", "$version": ".*", "$__rate_interval": "1m"}
+    for expr in dashboard_queries(dashboard):
+        for variable, value in grafana.items():
+            expr = expr.replace(variable, value)
+        url = f"{prometheus.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                assert json.loads(resp.read())["status"] == "success", expr
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{expr}: {exc.read().decode()}") from None

@@ -136,6 +136,54 @@ def test_operator_scenario_with_the_charts_serviceaccount(
         reapply(control_plane, canary)
         wait_for(lambda: kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "m") is None, 60,
                  "the NetworkPolicy to be removed")
+        # spec.disruptionBudget: the PodDisruptionBudget is created, changed and deleted with the spec
+        pdb = ("policy/v1", "PodDisruptionBudget", namespace, "m")
+        canary["spec"]["disruptionBudget"] = {"minAvailable": 1}
+        reapply(control_plane, canary)
+        assert wait_for(lambda: kube.get(*pdb), 60, f"the PodDisruptionBudget\n{limited.logs()}")["spec"][
+            "minAvailable"] == 1
+        canary["spec"]["disruptionBudget"] = {"maxUnavailable": "50%"}
+        reapply(control_plane, canary)
+        wait_for(lambda: (kube.get(*pdb) or {}).get("spec", {}).get("maxUnavailable") == "50%", 60,
+                 "the PodDisruptionBudget to be updated")
+        del canary["spec"]["disruptionBudget"]
+        reapply(control_plane, canary)
+        wait_for(lambda: kube.get(*pdb) is None, 60, "the PodDisruptionBudget to be removed (replicas 1)")
+        # spec.autoscaling: the HorizontalPodAutoscaler is created, changed and deleted with the spec
+        hpa = ("autoscaling/v2", "HorizontalPodAutoscaler", namespace, "m")
+        canary["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilization": 80}
+        reapply(control_plane, canary)
+        wait_for(lambda: kube.get(*hpa), 60, f"the HorizontalPodAutoscaler\n{limited.logs()}")
+        canary["spec"]["autoscaling"]["maxReplicas"] = 4
+        reapply(control_plane, canary)
+        wait_for(lambda: (kube.get(*hpa) or {}).get("spec", {}).get("maxReplicas") == 4, 60, "the HPA to be updated")
+        # engine keda (KEDA's CRD is installed, KEDA itself is not): the HPA gives way to a ScaledObject, changed
+        # and deleted with the spec
+        scaled = ("keda.sh/v1alpha1", "ScaledObject", namespace, "m")
+        canary["spec"]["autoscaling"] = {"engine": "keda", "minReplicas": 1, "maxReplicas": 3, "targetInFlight": 4,
+                                         "prometheusUrl": "http://prometheus.invalid:9090"}
+        reapply(control_plane, canary)
+        wait_for(lambda: kube.get(*scaled) and kube.get(*hpa) is None, 60, f"the ScaledObject\n{limited.logs()}")
+        canary["spec"]["autoscaling"]["maxReplicas"] = 5
+        reapply(control_plane, canary)
+        wait_for(lambda: (kube.get(*scaled) or {}).get("spec", {}).get("maxReplicaCount") == 5, 60,
+                 "the ScaledObject to be updated")
+        del canary["spec"]["autoscaling"]
+        reapply(control_plane, canary)
+        wait_for(lambda: kube.get(*hpa) is None and kube.get(*scaled) is None, 60, "the autoscalers to be removed")
+        # spec.monitoring.latency: the PrometheusRule is created, changed and deleted with the spec (the
+        # Prometheus it names does not exist: the condition says so; the rule does not depend on it)
+        rule = ("monitoring.coreos.com/v1", "PrometheusRule", namespace, "m")
+        canary["spec"]["monitoring"] = {"latency": {"p99Ms": 250, "prometheusUrl": "http://prometheus.invalid:9090"}}
+        reapply(control_plane, canary)
+        wait_for(lambda: kube.get(*rule), 90, f"the PrometheusRule\n{limited.logs()}")
+        canary["spec"]["monitoring"]["latency"]["errorRate"] = 0.01
+        reapply(control_plane, canary)
+        wait_for(lambda: len((kube.get(*rule) or {}).get("spec", {}).get("groups", [{}])[0].get("rules", [])) == 2,
+                 60, "the PrometheusRule to be updated")
+        del canary["spec"]["monitoring"]
+        reapply(control_plane, canary)
+        wait_for(lambda: kube.get(*rule) is None, 60, "the PrometheusRule to be removed")
         # an unresolvable URI: the operator only reads the (missing) Deployment and reports
         apply(control_plane, mdep_manifest("typo", namespace, f"models:/{model_name}@no-such-alias"))
         wait_event(kube, namespace, "typo", "ModelNotFound", "Warning")
@@ -148,7 +196,11 @@ def test_operator_scenario_with_the_charts_serviceaccount(
     granted = OPERATOR_NEEDS
     for key, verbs in used.items():
         assert verbs <= granted.get(key, set()), f"used without a grant: {key} {verbs}"
-    unused = {k: v - used.get(k, set()) for k, v in granted.items() if v - used.get(k, set())}
+    # a ModelDeployment is read from the watch's cache; it is GET only when a reconcile finds it missing there
+    # (a key queued before its object was delivered, or after it was deleted): needed, but not every run
+    occasional = {("modelpilot.dev", "modeldeployments"): {"get"}}
+    unused = {k: v - used.get(k, set()) - occasional.get(k, set()) for k, v in granted.items()
+              if v - used.get(k, set()) - occasional.get(k, set())}
     assert not unused, f"the chart grants what the operator never used: {unused}"
 
 

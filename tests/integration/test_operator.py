@@ -7,6 +7,7 @@ events and resourceVersions.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -146,9 +147,18 @@ def test_moving_the_alias_rolls_out_the_new_version(
     registry.register(model_name, alias="champion", seed=0)
     refresh = 3
     apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion",
-                                       refreshInterval=f"{refresh}s"))
+                                       refreshInterval=f"{refresh}s", monitoring={"maxModelAge": "30d"}))
     wait_ready(kube, namespace, "m", operator=operator)
     assert served_version(kube, namespace, "m") == "1"
+    # staleness from the real registry's creation_timestamp: registered moments ago, well within 30 days
+    def serving() -> dict[str, Any] | None:
+        obj = kube.get(*MDEP, namespace, "m") or {}
+        return obj if obj.get("status", {}).get("model", {}).get("servingSince") else None
+
+    obj = wait_for(serving, 30, "status.model.servingSince")
+    registered = datetime.fromisoformat(obj["status"]["model"]["registeredAt"].replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - registered).total_seconds()) < 600, obj["status"]["model"]
+    assert condition(obj, "Stale")["reason"] == "WithinMaxAge", obj["status"]["conditions"]
 
     new = registry.register(model_name, alias="champion", seed=1)
     moved_at = time.monotonic()
@@ -162,6 +172,22 @@ def test_moving_the_alias_rolls_out_the_new_version(
     assert len(changed) == 1 and f"from version 1 to {new}" in changed[0]["message"]
     selector = f"modelpilot.dev/deployment=m,{VERSION_LABEL}={new}"
     wait_for(lambda: len(ready_pods(kube, namespace, selector)) == 1, 60, "a Ready pod of the new version")
+
+
+def test_a_newer_version_nobody_promoted_is_reported_stale_from_the_real_registry(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    # a short maxModelAge stands in for months: MLflow stamps registrations itself, they cannot be backdated
+    registry.register(model_name, alias="champion", seed=0)
+    newer = registry.register(model_name, seed=1)  # registered, never given the alias
+    apply(control_plane, mdep_manifest("m", namespace, f"models:/{model_name}@champion", refreshInterval="2s",
+                                       monitoring={"maxModelAge": "15s"}))
+    wait_ready(kube, namespace, "m", operator=operator)
+    obj = wait_reason(kube, namespace, "m", "Stale", "NewerVersionNotServed", timeout=60)
+    stale = condition(obj, "Stale")
+    assert stale["status"] == "True" and f"version {newer} (registered at" in stale["message"], stale
+    assert obj["status"]["model"]["version"] == "1", "reported, not acted on: the alias decides what serves"
+    wait_event(kube, namespace, "m", "NewerVersionNotServed", "Warning")
 
 
 def test_registry_outage_leaves_children_untouched_and_recovers(
@@ -302,3 +328,53 @@ def test_kubernetes_auth_where_the_platform_has_not_enabled_it_says_so(
     obj = wait_reason(kube, namespace, "m", "Progressing", "RolloutFailed", timeout=90)
     assert 'serviceaccount "modelpilot-serving" not found' in condition(obj, "Progressing")["message"]
     assert condition(obj, "Ready")["status"] == "False"
+
+
+def test_autoscaling_hands_the_replica_count_to_the_hpa_and_takes_it_back_when_removed(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str) -> None:
+    """The real HPA controller (no metrics API here: it only holds its bounds) and real server-side apply
+    field ownership: the count is never reset when the operator stops applying it, an HPA-style scale
+    through the scale subresource stays, and spec.replicas comes back with autoscaling off."""
+    registry.register(model_name, alias="champion")
+    manifest = mdep_manifest("m", namespace, f"models:/{model_name}@champion", replicas=1,
+                             autoscaling={"minReplicas": 2, "maxReplicas": 5, "targetCPUUtilization": 80})
+    apply(control_plane, manifest)
+    hpa = ("autoscaling/v2", "HorizontalPodAutoscaler", namespace, "m")
+    created = wait_for(lambda: kube.get(*hpa), 60, f"the HorizontalPodAutoscaler\n{operator.logs()}")
+    assert created["spec"]["scaleTargetRef"]["name"] == "m" and created["metadata"]["ownerReferences"][0]["uid"]
+    seen: list[int] = []
+
+    def replicas() -> int:
+        count = int(deployment(kube, namespace, "m")["spec"]["replicas"])  # type: ignore[index]
+        seen.append(count)
+        return count
+
+    # the operator's next reconcile no longer applies replicas: the handed-over count stays at minReplicas
+    wait_for(lambda: replicas() and "replicas" not in _applied_by(deployment(kube, namespace, "m"), "modelpilot"),
+             60, "the operator to stop applying replicas")
+    assert set(seen) == {2}, seen  # created at minReplicas (not spec.replicas), never reset to 1
+    control_plane.kubectl("scale", "deployment/m", "--replicas=4", "-n", namespace)
+    control_plane.kubectl("annotate", "mdep", "m", "-n", namespace, "touch=1", "--overwrite")  # a reconcile
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        replicas()
+        time.sleep(0.5)
+    assert seen[-1] == 4 and min(seen) >= 2, seen
+    status = wait_for(lambda: (kube.get(*MDEP, namespace, "m") or {}).get("status", {}).get("autoscaling"), 60,
+                      "status.autoscaling")
+    assert set(status) >= {"currentReplicas", "desiredReplicas"}, status
+
+    del manifest["spec"]["autoscaling"]
+    apply(control_plane, manifest)
+    wait_for(lambda: kube.get(*hpa) is None and replicas() == 1, 60, "the HPA removed and spec.replicas applied")
+    wait_for(lambda: (kube.get(*MDEP, namespace, "m") or {}).get("status", {}).get("autoscaling") is None, 30,
+             "status.autoscaling cleared")
+
+
+def _applied_by(obj: dict[str, Any] | None, manager: str) -> set[str]:
+    """Top-level spec fields `manager` owns through server-side apply."""
+    for entry in (obj or {}).get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == manager and entry.get("operation") == "Apply":
+            return {k[2:] for k in (entry.get("fieldsV1") or {}).get("f:spec", {})}
+    return set()

@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelpilot import canary as c
-from modelpilot.analysis import DEFAULT_QUERIES, evaluate, promql_string, render_query
+from modelpilot.analysis import DEFAULT_QUERIES, evaluate
 from modelpilot.canary_state import CanaryState
 from modelpilot.config import Settings
+from modelpilot.promql import promql_string, render_query
 from modelpilot.registry import ResolvedModel
 from modelpilot.spec import InvalidSpec, parse_spec
 from modelpilot.traffic import effective_weight, split_replicas

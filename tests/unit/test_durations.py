@@ -10,7 +10,7 @@ from tests.helpers import REPO
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("60s", 60), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), ("1.5s", 1.5), ("90", 90), (30, 30),
-     ("2h", 7200)],
+     ("2h", 7200), ("30d", 2592000), ("1d12h", 129600)],
 )
 def test_parse(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)

@@ -6,14 +6,23 @@ The same behaviours are held against the real API server and MLflow in tests/int
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
+import prometheus_client
 import pytest
 
 from hack.proc import wait_for
+from modelpilot.config import Settings
+from modelpilot.names import Owner
 from modelpilot.reconciler import CONFLICT_RETRY_SECONDS
+from modelpilot.spec import InvalidSpec, parse_spec
+from modelpilot.thresholds import render_prometheus_rule
 from modelpilot.workqueue import Retry, error_backoff
 from tests.fakes.harness import NS, Harness
 from tests.fakes.kube import FakeKube
@@ -377,6 +386,35 @@ def test_progressive_canary_walks_its_steps_and_promotes(world: Harness) -> None
     assert "Promoted" in world.reasons()
 
 
+@pytest.mark.parametrize(("router", "capacity", "expected"), [
+    ("replicas", None, (3, 1)),        # the replica router borrows by default: 4 pods in all
+    ("replicas", "borrow", (3, 1)),
+    ("replicas", "additive", (4, 1)),  # 25 % beside 4 stable pods: 1 (~20 % of the requests)
+    ("gatewayAPI", None, (4, 1)),      # the Gateway API router adds by default
+    ("gatewayAPI", "borrow", (3, 1)),  # a GPU cluster without a spare GPU: still 4 pods in all
+    ("gatewayAPI", "additive", (4, 1)),
+])
+def test_canary_capacity_borrows_from_stable_or_adds_to_it(
+        world: Harness, router: str, capacity: str | None, expected: tuple[int, int]) -> None:
+    canary: dict[str, Any] = {"steps": [{"weight": 25, "pause": "1m"}]}
+    if capacity:
+        canary["capacity"] = capacity
+    traffic: dict[str, Any] = {"router": router}
+    if router == "gatewayAPI":
+        traffic["gatewayAPI"] = {"parentRefs": [{"name": "gw"}]}
+    world.apply(refreshInterval="5s", replicas=4, traffic=traffic, canary=canary)
+    converge(world)
+    world.mlflow.set_alias("fraud", "champion", "2")
+    world.advance(6)
+    for _ in range(2):
+        world.reconcile()
+        world.kube.settle()
+    stable = world.kube.get("apps/v1", "Deployment", NS, "m")
+    canary_dep = world.kube.get("apps/v1", "Deployment", NS, "m-canary")
+    assert stable is not None and canary_dep is not None
+    assert (stable["spec"]["replicas"], canary_dep["spec"]["replicas"]) == expected
+
+
 def test_news_arriving_while_the_refresher_asks_is_not_lost(world: Harness) -> None:
     """A webhook that lands while an older question is in flight: the refresher asks once more."""
     resolver = world.reconciler.resolver
@@ -473,3 +511,205 @@ def test_the_echo_of_our_own_write_is_not_news_but_a_later_change_is(kube: FakeK
     cache.put("apps/v1", "Deployment", dep("9"), ours=True)
     assert not cache.echo("apps/v1", "Deployment", dep("10")), "the controller's update after our write is news"
     assert not cache.echo("apps/v1", "Deployment", dep("9")), "and our echo is past"
+
+
+# -- model staleness ---------------------------------------------------------------------------------------------
+def test_registration_time_and_serving_since_are_reported_and_kept(world: Harness) -> None:
+    world.apply()
+    world.reconcile()
+    model = world.kube.mdep(NS, "m")["status"]["model"]
+    assert model["registeredAt"] == "2026-11-01T00:00:00Z" and "servingSince" not in model  # not rolled out yet
+    world.kube.settle()
+    world.reconcile()
+    since = world.kube.mdep(NS, "m")["status"]["model"]["servingSince"]
+    writes = len(world.kube.writes)
+    world.reconcile()
+    assert world.kube.mdep(NS, "m")["status"]["model"]["servingSince"] == since
+    assert len(world.kube.writes) == writes, "nothing changed: nothing written"
+    exported = prometheus_client.generate_latest().decode()
+    line = next(x for x in exported.splitlines() if x.startswith("modelpilot_model_age_seconds{") and 'name="m"' in x
+                and f'namespace="{NS}"' in x)
+    assert 'version="1"' in line and float(line.rsplit(" ", 1)[1]) > 86400  # registered weeks before "now"
+
+
+def test_a_version_older_than_max_model_age_is_stale_once_and_a_newer_one_clears_it(world: Harness) -> None:
+    now = time.time()
+    world.mlflow.registered.update({"1": int((now - 40 * 86400) * 1000), "2": int((now - 3600) * 1000)})
+    world.apply(refreshInterval="5s", monitoring={"maxModelAge": "30d"})
+    converge(world)
+    stale = world.condition("Stale")
+    assert (stale["status"], stale["reason"]) == ("True", "ModelOlderThanMaxAge"), stale
+    assert "longer ago than spec.monitoring.maxModelAge (30d)" in stale["message"]
+    world.reconcile()
+    assert world.reasons("Warning").count("ModelOlderThanMaxAge") == 1, "one event when it turns"
+    assert world.condition("Ready")["status"] == "True", "a stale model still serves"
+    world.mlflow.set_alias("fraud", "champion", "2")
+    world.advance(6)
+    converge(world)
+    fresh = world.condition("Stale")
+    assert (fresh["status"], fresh["reason"]) == ("False", "WithinMaxAge"), fresh
+
+
+def test_a_newer_version_left_unserved_longer_than_max_model_age_is_named(world: Harness) -> None:
+    now = time.time()
+    world.mlflow.registered.update({"1": int((now - 90 * 86400) * 1000), "2": int((now - 10 * 86400) * 1000)})
+    world.apply(refreshInterval="5s", monitoring={"maxModelAge": "30d"})
+    converge(world)
+    stale = world.condition("Stale")
+    assert (stale["status"], stale["reason"]) == ("True", "ModelOlderThanMaxAge"), stale
+    assert "promote version 2" in stale["message"], "a newer version exists, younger than the limit"
+    # version 3 was registered long ago too (a pinned alias nobody moved): that is the news
+    world.mlflow.registered["3"] = int((now - 40 * 86400) * 1000)
+    world.advance(6)
+    converge(world)
+    stale = world.condition("Stale")
+    assert (stale["status"], stale["reason"]) == ("True", "NewerVersionNotServed"), stale
+    assert "version 3" in stale["message"] and "version 1 was registered" in stale["message"]
+    world.reconcile()
+    assert world.reasons("Warning").count("NewerVersionNotServed") == 1, "one event when it turns"
+    assert world.kube.mdep(NS, "m")["status"]["model"]["version"] == "1", "reported, never acted on"
+
+
+def test_a_registry_without_latest_versions_still_reports_the_served_versions_age(world: Harness) -> None:
+    world.mlflow.latest = False  # e.g. a registry without stages answers get-latest-versions with an error
+    world.mlflow.registered["1"] = int((time.time() - 40 * 86400) * 1000)
+    world.apply(refreshInterval="1h", monitoring={"maxModelAge": "30d"})
+    converge(world)
+    assert world.condition("Stale")["reason"] == "ModelOlderThanMaxAge"
+    delay = world.reconcile()
+    assert delay is not None and delay > 60, "the newest-version question failing does not drive reconciles"
+
+
+def test_without_max_model_age_the_registry_is_not_asked_for_its_newest_version(world: Harness) -> None:
+    world.apply()
+    converge(world)
+    assert not any("get-latest-versions" in path for path, _ in world.mlflow.requests)
+
+
+def test_the_next_look_is_due_when_the_served_version_turns_stale(world: Harness) -> None:
+    world.mlflow.registered["1"] = int((time.time() - 30 * 86400 + 100) * 1000)
+    world.apply(refreshInterval="1h", monitoring={"maxModelAge": "30d"})
+    converge(world)
+    delay = world.reconcile()
+    assert delay is not None and 95 < delay <= 102, delay
+
+
+def test_max_model_age_without_a_registration_time_is_unknown_and_invalid_ages_name_the_field(
+        world: Harness) -> None:
+    world.mlflow.registered["1"] = 0  # no creation_timestamp
+    world.apply(monitoring={"maxModelAge": "30d"})
+    converge(world)
+    unknown = world.condition("Stale")
+    assert (unknown["status"], unknown["reason"]) == ("Unknown", "RegistrationTimeUnknown"), unknown
+    with pytest.raises(InvalidSpec, match=r"spec\.monitoring\.maxModelAge"):
+        parse_spec({"model": {"uri": "models:/x@y"}, "monitoring": {"maxModelAge": "a month"}},
+                   Settings(default_tracking_uri="http://mlflow:5000"))
+
+
+# -- latency thresholds of the served version ---------------------------------------------------------------------
+class FakePrometheus:
+    """Answers instant queries over real HTTP: `values[metric]` by the first of requests / 5.. / quantile seen."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {"requests": 500.0, "errorRate": 0.001, "p99LatencyMs": 40.0}
+        self.queries: list[str] = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))["query"]
+                fake.queries.append(query)
+                kind = ("p99LatencyMs" if "histogram_quantile" in query else "errorRate" if '5..' in query
+                        else "requests")
+                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+                    {"metric": {}, "value": [0, str(fake.values[kind])]}]}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def prometheus() -> Iterator[FakePrometheus]:
+    fake = FakePrometheus()
+    yield fake
+    fake.server.shutdown()
+
+
+def _judged(world: Harness) -> dict[str, Any]:
+    """Reconcile until the check's answer is in (it runs in the background and re-enqueues the object)."""
+    world.reconcile()
+    wait_for(lambda: world.enqueued, 10, "the Prometheus answer")
+    world.enqueued.clear()
+    world.reconcile()
+    return world.condition("LatencyWithinThreshold")
+
+
+def test_latency_thresholds_are_checked_against_prometheus_and_reported(
+        world: Harness, prometheus: FakePrometheus) -> None:
+    world.apply(monitoring={"latency": {"p99Ms": 100, "errorRate": 0.01, "window": "2m",
+                                        "prometheusUrl": prometheus.url}})
+    converge(world)
+    ok = _judged(world)
+    assert (ok["status"], ok["reason"]) == ("True", "WithinThreshold"), ok
+    first = prometheus.queries[0]
+    assert f'namespace="{NS}",model="fraud",version="1"' in first and "[120s]" in first
+    # where the Prometheus Operator's CRDs are served, the same thresholds as an owned PrometheusRule
+    rule = world.kube.get("monitoring.coreos.com/v1", "PrometheusRule", NS, "m")
+    assert rule is not None and rule["metadata"]["ownerReferences"][0]["uid"]
+    alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert alerts["ModelLatencyHigh"]["expr"].endswith(") > 100") and alerts["ModelLatencyHigh"]["for"] == "120s"
+    assert f'namespace="{NS}",model="fraud"' in alerts["ModelErrorRateHigh"]["expr"]
+    assert alerts["ModelErrorRateHigh"]["expr"].endswith("> 0.01")
+    writes = len(world.kube.writes)
+    world.advance(61)
+    prometheus.values["p99LatencyMs"] = 41.0  # new numbers, same judgement: nothing is written
+    assert _judged(world)["status"] == "True" and len(world.kube.writes) == writes
+    world.advance(61)
+    prometheus.values["p99LatencyMs"] = 250.0
+    over = _judged(world)
+    assert (over["status"], over["reason"]) == ("False", "ThresholdExceeded") and "p99LatencyMs 250.0 ms" in \
+        over["message"], over
+    world.reconcile()
+    assert world.reasons("Warning").count("ThresholdExceeded") == 1
+    assert world.condition("Ready")["status"] == "True", "slow is reported, not a reason to stop serving"
+    world.advance(61)
+    prometheus.values.update(requests=3.0)
+    unknown = _judged(world)
+    assert (unknown["status"], unknown["reason"]) == ("Unknown", "NotEnoughData") and "only 3 stable version " \
+        "requests" in unknown["message"], unknown
+    world.apply()  # thresholds removed: the condition and the PrometheusRule go
+    world.reconcile()
+    assert world.condition("LatencyWithinThreshold") == {}
+    assert world.kube.get("monitoring.coreos.com/v1", "PrometheusRule", NS, "m") is None
+
+
+def test_a_prometheus_rule_quotes_what_a_tenant_named() -> None:
+    latency = parse_spec({"model": {"uri": "models:/x@y"}, "monitoring": {"latency": {
+        "p99Ms": 250, "prometheusUrl": "http://prom:9090"}}}, Settings(default_tracking_uri="http://m:5000")).latency
+    assert latency is not None
+    rule = render_prometheus_rule(Owner("m", "ns", "u"), latency, 'evil"} or vector(1) #')
+    (alert,) = rule["spec"]["groups"][0]["rules"]
+    assert 'model="evil\\"} or vector(1) #"' in alert["expr"], alert["expr"]
+
+
+@pytest.mark.parametrize(("latency", "says"), [
+    ({"window": "5m"}, "needs p99Ms or errorRate"),
+    ({"p99Ms": -1}, "p99Ms must be a number of at least 0"),
+    ({"errorRate": 2}, "errorRate must be a number of at least 0 and at most 1"),
+    ({"p99Ms": 100}, "prometheusUrl is not set and the operator has no default"),
+    ({"p99Ms": 100, "prometheusUrl": "prom:9090"}, "spec.monitoring.latency.prometheusUrl"),
+])
+def test_bad_latency_thresholds_name_the_field(latency: dict[str, Any], says: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"spec\.monitoring\.latency") as caught:
+        parse_spec({"model": {"uri": "models:/x@y"}, "monitoring": {"latency": latency}},
+                   Settings(default_tracking_uri="http://mlflow:5000"))
+    assert says in str(caught.value)

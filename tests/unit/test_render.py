@@ -313,3 +313,41 @@ def test_two_or_more_replicas_are_spread_across_nodes_softly_and_one_is_not() ->
     split = render.render_deployment(OWNER, parse_spec({**BASE, "replicas": 3}, SETTINGS), RESOLVED, SETTINGS,
                                      replicas=1)
     assert split["spec"]["template"] == dep["spec"]["template"], "a canary split never changes the pod template"
+
+
+def test_empty_env_values_are_rendered_as_the_api_server_stores_them() -> None:
+    """`value: ""` comes back from the API server without `value`: rendered with it, the live Deployment never
+    "contains" the render and every reconcile applied it again (kubernetes auth's MODELPILOT_KUBE_API_URL)."""
+    dep = build({**BASE, "auth": {"mode": "kubernetes"}, "runtime": {"env": [{"name": "EMPTY", "value": ""}]}})
+    rendered = container(dep)["env"]
+    assert {"name": "MODELPILOT_KUBE_API_URL"} in rendered and {"name": "EMPTY"} in rendered
+    assert not [e for e in rendered if e.get("value") == ""]
+
+
+def test_payload_logging_reaches_the_scoring_server_only_when_asked_for() -> None:
+    assert not [k for k in env(build(BASE)) if k.startswith(("MODELPILOT_PAYLOAD", "MODELPILOT_TRACK"))], \
+        "without spec.logging the pod template does not change (no restart of every model on upgrade)"
+    spec = {**BASE, "logging": {"sampleRate": 0.1, "sink": {"url": "http://sink.logs.svc:8080/events"}}}
+    dep = render.render_deployment(OWNER, parse_spec(spec, SETTINGS), RESOLVED, SETTINGS, track=names.CANARY)
+    e = env(dep)
+    assert e["MODELPILOT_PAYLOAD_LOG_URL"] == "http://sink.logs.svc:8080/events"
+    assert e["MODELPILOT_PAYLOAD_LOG_SAMPLE_RATE"] == "0.1"
+    assert (e["MODELPILOT_NAMESPACE"], e["MODELPILOT_TRACK"]) == ("risk", "canary")
+    e = env(build({**BASE, "logging": {"sink": {"url": "https://sink"}}}))
+    assert (e["MODELPILOT_PAYLOAD_LOG_URL"], e["MODELPILOT_PAYLOAD_LOG_SAMPLE_RATE"]) == ("https://sink", "1")
+
+
+@pytest.mark.parametrize("logging, message", [
+    ({"sink": {}}, "spec.logging.sink.url must be set"),
+    ({"sink": "http://x"}, "spec.logging.sink must be an object"),
+    ({"sink": {"url": "http://user:pw@sink/"}}, "must not carry credentials"),
+    ({"sink": {"url": "ftp://sink/"}}, "must start with http:// or https://"),
+    ({"sink": {"url": "http://sink/?token=1"}}, "must not have a query string"),
+    ({"sink": {"url": "http://sink"}, "sampleRate": 1.5}, "spec.logging.sampleRate must be a number from 0 to 1"),
+    ({"sink": {"url": "http://sink"}, "sampleRate": "all"}, "spec.logging.sampleRate must be a number from 0 to 1"),
+    ({"sink": {"url": "http://sink"}, "sampleRate": True}, "spec.logging.sampleRate must be a number from 0 to 1"),
+    ("yes", "spec.logging must be an object"),
+])
+def test_a_bad_payload_log_is_invalid_spec_naming_the_field(logging: Any, message: str) -> None:
+    with pytest.raises(InvalidSpec, match=re.escape(message)):
+        parse_spec({**BASE, "logging": logging}, SETTINGS)

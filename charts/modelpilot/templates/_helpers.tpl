@@ -73,6 +73,23 @@ the namespace's `default` account would grant the operator's permissions to ever
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.disruptionBudget (default with replicas >= 2): one PodDisruptionBudget per ModelDeployment.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.autoscaling: one HorizontalPodAutoscaler per ModelDeployment that sets it.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.monitoring.latency: one PrometheusRule per ModelDeployment that sets it (only where the Prometheus
+# Operator's CRDs are installed).
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["prometheusrules"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.autoscaling.engine keda: one ScaledObject per ModelDeployment (only where KEDA's CRDs are installed).
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
@@ -88,4 +105,13 @@ the namespace's `default` account would grant the operator's permissions to ever
 {{- $pairs = append $pairs (printf "%s=%v" $k $v) -}}
 {{- end -}}
 {{- if $pairs }}{{ join "," $pairs }}{{ else }}none{{ end -}}
+{{- end -}}
+
+{{/* A string map as `key=value,...` (MODELPILOT_SERVER_NODE_SELECTOR); empty if empty. */}}
+{{- define "modelpilot.pairs" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
 {{- end -}}
