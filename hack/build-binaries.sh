@@ -72,7 +72,9 @@ build_k8s() {
       *) pkgs+=("k8s.io/kubernetes/cmd/$c") ;;
     esac
   done
-  (cd "$work" && go get "${pkgs[@]}" >&2 && go build -trimpath -ldflags "$ld" -o "$k8s_dir/" "${pkgs[@]}")
+  # each package at $K8S_VERSION: a bare `go get pkg` means @upgrade, the newest k8s.io/kubernetes, whose
+  # packages need staging modules newer than the replaces above (broke the build when v1.37 came out)
+  (cd "$work" && go get "${pkgs[@]/%/@$K8S_VERSION}" >&2 && go build -trimpath -ldflags "$ld" -o "$k8s_dir/" "${pkgs[@]}")
   rm -rf "$work"
   log "kubernetes built in $((SECONDS - start)) s"
 }
