@@ -31,8 +31,9 @@ from typing import Any
 
 import orjson
 
-from . import auth, errors, health, httpproto, metrics, payloadlog, protocol, v2
+from . import auth, errors, health, httpproto, metrics, payloadlog, protocol, reference, v2
 from .batcher import Batcher, Result, Runner
+from .drift import Monitor
 from .errors import (
     BadRequest,
     MethodNotAllowed,
@@ -115,6 +116,7 @@ class ScoringApp:
         self._codes: dict[tuple[str, int], Any] = {}
         self._codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
         self._heartbeat: asyncio.Task[None] | None = None
+        self.drift: reference.Gauges | None = None
         metrics.READY.labels(*labels).set(0)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -130,10 +132,14 @@ class ScoringApp:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("Could not load %s: %s", self.settings.model_uri, self.load_error)
             return
-        loop.call_soon_threadsafe(self._loaded, model)
+        monitor = reference.load(self.settings.drift_profile, self.settings.model_uri, self.settings.drift_window)
+        loop.call_soon_threadsafe(self._loaded, model, monitor)
 
-    def _loaded(self, model: LoadedModel) -> None:
+    def _loaded(self, model: LoadedModel, monitor: Monitor | None = None) -> None:
         runner = Runner(model, self.settings.batching_mode, self.settings.max_decoded_bytes)
+        if monitor is not None:
+            runner.observe = monitor.observe
+        self.drift = reference.Gauges(monitor, self.name, self.version)
         model.batching = "merged" if runner.can_merge else "per-request"
         log.info("Batching: %s (%s)", model.batching, runner.merge_reason)
         self.batcher = Batcher(runner.run_batch, self.settings.max_batch_size if runner.can_merge else 1,
@@ -162,6 +168,8 @@ class ScoringApp:
                 self.shutting_down = True
                 if self._heartbeat is not None:
                     self._heartbeat.cancel()
+                if self.drift is not None:
+                    self.drift.stop()
                 metrics.READY.labels(self.name, self.version).set(0)
                 if self.batcher is not None:
                     await self.batcher.stop()

@@ -68,6 +68,8 @@ class Runner:
         #: Where the standard formats become a DataFrame of these numeric columns (not for type-hinted
         #: signatures, whose inputs MLflow passes raw), big bodies may be parsed straight into it.
         self.frame_layout = None if hinted else self.layout
+        #: Called with each predicted batch's input frame and predictions (data drift); never raises.
+        self.observe: Callable[[Any, Any], None] | None = None
 
     def _parse_standard(self, doc: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         """Data and params of a document in one of the four standard formats."""
@@ -106,9 +108,12 @@ class Runner:
             err = from_mlflow(exc)
             return Result(error=BadRequest(err.message) if err.status >= 500 else err)
         try:
-            return Result(self.model.predict(data, params), unwrapped=unwrapped)
+            predictions = self.model.predict(data, params)
         except Exception as exc:
             return Result(error=from_mlflow(exc))
+        if self.observe is not None:
+            self.observe(data, predictions)
+        return Result(predictions, unwrapped=unwrapped)
 
     def run_batch(self, requests: list[protocol.Request]) -> list[Result]:
         if len(requests) == 1:
@@ -121,6 +126,8 @@ class Runner:
             parts = None
         if parts is None:
             return [self.run_one(r) for r in requests]
+        if self.observe is not None:
+            self.observe(data, predictions)
         return [Result(p) for p in parts]
 
 

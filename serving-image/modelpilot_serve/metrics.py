@@ -39,6 +39,14 @@ PAYLOAD_LOG_SENT = Counter("modelpilot_payload_log_sent_total",
 PAYLOAD_LOG_DROPPED = Counter("modelpilot_payload_log_dropped_total",
                               "Sampled requests not logged: the queue was full (a slow or absent sink) or the "
                               "send failed", [*LABELS, "reason"])
+FEATURE_DRIFT = Gauge("modelpilot_feature_drift", "Population stability index of a feature's live values over the "
+                      "drift window against the reference profile", [*LABELS, "feature"], multiprocess_mode="max")
+PREDICTION_DRIFT = Gauge("modelpilot_prediction_drift", "Population stability index of the predictions over the "
+                         "drift window against the reference profile's", LABELS, multiprocess_mode="max")
+DRIFT_SAMPLES = Gauge("modelpilot_drift_samples", "Rows counted in the drift window", LABELS,
+                      multiprocess_mode="livesum")
+DRIFT_PROFILE = Gauge("modelpilot_drift_profile_loaded", "1 when a reference profile is loaded and drift measured; "
+                      "0 when not (the log says why)", LABELS, multiprocess_mode="min")
 READY = Gauge("modelpilot_model_ready", "1 when the model is loaded and warm", LABELS, multiprocess_mode="min")
 
 

@@ -44,6 +44,10 @@ class ServeSettings:
     #: Where this server runs, for the payload log's events: the namespace and the track (stable, canary).
     namespace: str = ""
     track: str = ""
+    #: Data drift: the reference profile (a file or an MLflow artifact URI; empty: the model version's run's
+    #: modelpilot/reference_profile.json), the sliding window in seconds; "off" turns drift off.
+    drift_profile: str = ""
+    drift_window: float = 3600.0
 
     def to_env(self) -> dict[str, str]:
         return {f"MODELPILOT_{k.upper()}": str(v) for k, v in self.__dict__.items()}
@@ -146,6 +150,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--payload-log-queue", type=int, default=_default("payload_log_queue"),
                    help="requests waiting for the sink, per worker; past it they are dropped and counted "
                         "[MODELPILOT_PAYLOAD_LOG_QUEUE]")
+    p.add_argument("--drift-profile", default=_default("drift_profile"),
+                   help="data drift's reference profile: a file or an MLflow artifact URI; empty: the artifact "
+                        "modelpilot/reference_profile.json of the registered version's run; off: no drift "
+                        "metrics [MODELPILOT_DRIFT_PROFILE]")
+    p.add_argument("--drift-window", type=float, default=_default("drift_window"),
+                   help="seconds of traffic the drift metrics compare with the reference [MODELPILOT_DRIFT_WINDOW]")
     p.add_argument("--namespace", default=_default("namespace"), help="[MODELPILOT_NAMESPACE]")
     p.add_argument("--track", default=_default("track"), help="stable or canary [MODELPILOT_TRACK]")
     p.add_argument("--log-level", default=_default("log_level"),
