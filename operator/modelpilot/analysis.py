@@ -54,8 +54,8 @@ class PrometheusError(Exception):
     """Prometheus could not be asked, or answered something that is not one number."""
 
 
-def parse_answer(status: int, raw: bytes, promql: str) -> float | None:
-    """The one number of an instant query's answer; None for no sample or a non-finite one.
+def parse_sample(status: int, raw: bytes, promql: str) -> tuple[float | None, dict[str, str]]:
+    """The one number of an instant query's answer and its labels; None for no sample or a non-finite one.
 
     Pure, so every shape Prometheus (or something posing as it) may answer is unit-tested: an empty
     vector, "NaN", "+Inf", two series, an error, a body that is not JSON.
@@ -74,7 +74,7 @@ def parse_answer(status: int, raw: bytes, promql: str) -> float | None:
     if data.get("resultType") == "scalar":
         result = [{"value": result}]
     if not result:
-        return None
+        return None, {}
     if not isinstance(result, list) or len(result) > 1:
         count = len(result) if isinstance(result, list) else "?"
         raise PrometheusError(f"the query {promql!r} returned {count} series; it must return one number")
@@ -82,7 +82,14 @@ def parse_answer(status: int, raw: bytes, promql: str) -> float | None:
         value = float(result[0]["value"][1])
     except (KeyError, IndexError, TypeError, ValueError):
         raise PrometheusError(f"the query {promql!r} did not return a number") from None
-    return value if math.isfinite(value) else None
+    labels = result[0].get("metric") if isinstance(result[0], dict) else None
+    labels = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+    return (value if math.isfinite(value) else None), labels
+
+
+def parse_answer(status: int, raw: bytes, promql: str) -> float | None:
+    """The one number of an instant query's answer; None for no sample or a non-finite one."""
+    return parse_sample(status, raw, promql)[0]
 
 
 class Prometheus:
@@ -93,6 +100,10 @@ class Prometheus:
         self.session = session
 
     async def query(self, promql: str) -> float | None:
+        return (await self.sample(promql))[0]
+
+    async def sample(self, promql: str) -> tuple[float | None, dict[str, str]]:
+        """The one sample of an instant query: its value and its labels."""
         try:
             async with self.session.get(self.base.join("/api/v1/query"), params={"query": promql},
                                         allow_redirects=False) as resp:
@@ -104,7 +115,7 @@ class Prometheus:
             raise PrometheusError(f"Prometheus at {self.base.origin} cannot be reached: {type(exc).__name__}") from None
         if raw is None:
             raise PrometheusError(f"Prometheus at {self.base.origin} answered more than {MAX_BODY_BYTES} bytes")
-        return parse_answer(status, raw, promql)
+        return parse_sample(status, raw, promql)
 
 
 QueryFn = Callable[[str], Awaitable[float | None]]

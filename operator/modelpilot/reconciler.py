@@ -28,9 +28,11 @@ from .analysis import Analyses
 from .autoscaling import engine_in_effect
 from .cache import Cache
 from .canary_state import CanaryState
+from .checks import PeriodicChecks
 from .children import apply_children
 from .config import Settings
 from .desired import desired_children
+from .driftcheck import drift_check
 from .kube import Kube, KubeError
 from .names import API_VERSION, CANARY, GATEWAY_API_VERSION, KIND, NEWEST, STABLE, Owner, service_url
 from .observe import KEDA_API_VERSION, RULE_API_VERSION, ChildKey, KindDiscovery, observe
@@ -40,7 +42,7 @@ from .registry import ResolvedModel
 from .resolver import Key, Resolution, Resolver
 from .spec import DeploymentSpec, InvalidSpec, parse_spec
 from .status import Facts, Report, build_status, model_age
-from .thresholds import Thresholds
+from .thresholds import latency_check
 from .uri import ModelRef, RefKind
 from .workqueue import Retry
 
@@ -68,7 +70,8 @@ class Reconciler:
         self.outbound = outbound or Outbound(per_host=settings.outbound_per_host)
         self.resolver = Resolver(self.outbound, settings, kube.read_secret, enqueue, clock)
         self.analyses = Analyses(self.outbound, settings, enqueue)
-        self.thresholds = Thresholds(self.outbound, settings, enqueue)
+        self.thresholds = PeriodicChecks("thresholds", latency_check, self.outbound, settings, enqueue)
+        self.drift = PeriodicChecks("drift", drift_check, self.outbound, settings, enqueue)
         # optional CRDs: the Gateway API's HTTPRoute, the Prometheus Operator's PrometheusRule, KEDA's ScaledObject
         self.gateway = KindDiscovery(kube, clock, GATEWAY_API_VERSION, "httproutes")
         self.rules = KindDiscovery(kube, clock, RULE_API_VERSION, "prometheusrules")
@@ -104,12 +107,13 @@ class Reconciler:
         applied = apply_children(self.kube, world, desired, self.settings.field_manager)
         self._remember(owner, applied.objects)
         serving = decision.rollout.stable
-        thresholds, next_check = self.thresholds.latest(key, spec.latency, serving, wall)
+        thresholds, next_latency = self.thresholds.latest(key, spec.latency, serving, wall)
+        drift, next_drift = self.drift.latest(key, spec.drift, serving, wall)
         self._report(obj, build_status(replace(
             facts, model_uri=spec.model_uri, canary_spec=spec.canary, problem=stable.problem, pending=stable.pending,
             canary_problem=canary.problem if canary else None, resolved_via=stable.via, decision=decision,
             applied=applied, max_model_age=spec.max_model_age_seconds, newest=newest.resolved if newest else None,
-            latency=spec.latency, latency_verdict=thresholds,
+            latency=spec.latency, latency_verdict=thresholds, drift=spec.drift is not None, drift_verdict=drift,
             autoscaling=engine_in_effect(spec.autoscaling, world.keda))))
         if serving is not None and applied.failure is None and not applied.conflicts:
             metrics.PER_MODEL.set(namespace, name, serving.version, serving.registered_epoch)
@@ -130,8 +134,7 @@ class Reconciler:
             delays.append(decision.rollout.requeue)
         if applied.conflicts:
             delays.append(CONFLICT_RETRY_SECONDS)
-        if next_check is not None:
-            delays.append(next_check)
+        delays += [d for d in (next_latency, next_drift) if d is not None]
         if spec.max_model_age_seconds is not None:
             for version in (serving, newest.resolved if newest else None):
                 age = model_age(version, facts.now) if version is not None else None
@@ -193,6 +196,7 @@ class Reconciler:
         self.resolver.forget(key)
         self.analyses.forget(key)
         self.thresholds.forget(key)
+        self.drift.forget(key)
         metrics.PER_MODEL.remove(*key)
 
 

@@ -65,6 +65,8 @@ def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: 
                 {"name": "MODELPILOT_PAYLOAD_LOG_SAMPLE_RATE", "value": f"{spec.payload_log.sample_rate:g}"},
                 {"name": "MODELPILOT_NAMESPACE", "value": owner.namespace},
                 {"name": "MODELPILOT_TRACK", "value": track}]
+    if spec.drift is not None:  # (likewise) the pods measure over the window the operator judges
+        env.append({"name": "MODELPILOT_DRIFT_WINDOW", "value": f"{spec.drift.window_seconds:g}"})
     if spec.credentials_secret:
         # The pod downloads the model through the registry with the same credentials the operator used.
         for var, key in (("MLFLOW_TRACKING_TOKEN", "token"), ("MLFLOW_TRACKING_USERNAME", "username"),
@@ -72,14 +74,16 @@ def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: 
             env.append({"name": var, "valueFrom": {"secretKeyRef": {
                 "name": spec.credentials_secret, "key": key, "optional": True}}})
     reserved = {e["name"] for e in env}
-    env.extend(e for e in spec.runtime.env if e["name"] not in reserved and not e["name"].startswith(AUTH_ENV))
+    env.extend(e for e in spec.runtime.env
+               if e["name"] not in reserved and not e["name"].startswith(OPERATOR_ONLY_ENV))
     # The API server stores `value: ""` as no value at all (the variable is still set, empty): rendered the
     # same way, the live Deployment holds what is applied, and a reconcile does not apply it again.
     return [{k: v for k, v in e.items() if not (k == "value" and v == "")} for e in env]
 
 
-#: The scoring server's auth settings: only the spec's `auth` sets them, never `runtime.env`.
-AUTH_ENV = ("MODELPILOT_AUTH_", "MODELPILOT_KUBE_")
+#: Settings only the operator sets, never `runtime.env`: auth (the spec's `auth`), and drift (a profile URI
+#: of the tenant's choosing would be fetched with the registry credentials the pod holds).
+OPERATOR_ONLY_ENV = ("MODELPILOT_AUTH_", "MODELPILOT_KUBE_", "MODELPILOT_DRIFT_")
 #: Where an apiKey Secret is mounted (kubelet refreshes it in place: keys rotate without a restart).
 API_KEYS_DIR = "/var/run/modelpilot/api-keys"
 

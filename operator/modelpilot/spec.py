@@ -14,6 +14,7 @@ from typing import Any
 
 from .autoscaling import Autoscaling, parse_autoscaling
 from .config import Settings
+from .driftspec import DriftSpec, parse_drift
 from .fields import InvalidSpec as InvalidSpec  # (re-exported: parse_spec's callers catch it from here)
 from .fields import choice, duration, integer, obj, prometheus_url
 from .podtemplate import DNS_SUBDOMAIN, PodTemplate, parse_pod_template
@@ -146,6 +147,8 @@ class DeploymentSpec:
     max_model_age_seconds: float | None = None
     #: spec.monitoring.latency: the thresholds the served version is checked against (LatencyWithinThreshold).
     latency: Analysis | None = None
+    #: spec.monitoring.drift: the PSI thresholds the served version's drift is judged by (Drifting).
+    drift: DriftSpec | None = None
     #: spec.logging: sampled requests and responses sent as CloudEvents by the scoring server.
     payload_log: PayloadLog | None = None
 
@@ -247,6 +250,7 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
         autoscaling=autoscaling,
         max_model_age_seconds=_max_model_age(spec.get("monitoring")),
         latency=_latency(obj(spec.get("monitoring"), "spec.monitoring").get("latency"), settings),
+        drift=parse_drift(obj(spec.get("monitoring"), "spec.monitoring").get("drift"), settings),
         payload_log=_payload_log(spec.get("logging")),
     )
 

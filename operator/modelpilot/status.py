@@ -18,6 +18,7 @@ from typing import Any
 from .autoscaling import autoscaling_status
 from .canary import Verdict
 from .children import Applied
+from .driftcheck import DRIFTING, drift_condition
 from .names import Owner, selector_labels
 from .observe import ChildKey, Problem, Rollout, autoscaler_key, deployment_key, scaled_object_key
 from .plan import Decision
@@ -32,7 +33,8 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 STALE = "Stale"
 #: Ready comes last: it is computed from the others and summarises them.
-CONDITION_ORDER = (MODEL_RESOLVED, AVAILABLE, PROGRESSING, DEGRADED, READY, STALE, LATENCY_WITHIN_THRESHOLD)
+CONDITION_ORDER = (MODEL_RESOLVED, AVAILABLE, PROGRESSING, DEGRADED, READY, STALE, LATENCY_WITHIN_THRESHOLD,
+                   DRIFTING)
 #: A Degraded reason that does not make Ready False: the rollback is done and stable serves as it should.
 SETTLED_DEGRADATIONS = ("RolledBack",)
 
@@ -92,6 +94,9 @@ class Facts:
     #: spec.monitoring.latency and the latest judgement of the served version against it.
     latency: Analysis | None = None
     latency_verdict: Verdict | None = None
+    #: Whether spec.monitoring.drift is set, and the latest judgement of the served version's drift.
+    drift: bool = False
+    drift_verdict: Verdict | None = None
     #: (the autoscaling engine in effect, why it is not the one asked for); (None, None) without autoscaling.
     autoscaling: tuple[str | None, str | None] = (None, None)
 
@@ -131,11 +136,12 @@ def build_status(f: Facts) -> Report:
     by_type[READY] = _ready(by_type, rollout, serving, previous_version, blocked)
     if f.max_model_age is not None:
         by_type[STALE] = stale_condition(serving, f.max_model_age, f.now, f.newest)
+    held = {c.get("type"): c for c in f.old.get("conditions") or []}
     if f.latency is not None:
-        held = {c.get("type"): c for c in f.old.get("conditions") or []}
-        was: dict[str, Any] = held.get(LATENCY_WITHIN_THRESHOLD) or {}
-        by_type[LATENCY_WITHIN_THRESHOLD] = condition(LATENCY_WITHIN_THRESHOLD,
-                                                      *latency_condition(f.latency_verdict, f.latency, was))
+        by_type[LATENCY_WITHIN_THRESHOLD] = condition(LATENCY_WITHIN_THRESHOLD, *latency_condition(
+            f.latency_verdict, f.latency, held.get(LATENCY_WITHIN_THRESHOLD) or {}))
+    if f.drift:
+        by_type[DRIFTING] = condition(DRIFTING, *drift_condition(f.drift_verdict, held.get(DRIFTING) or {}))
     conditions = merge_conditions(f.old.get("conditions"), [by_type[t] for t in CONDITION_ORDER if t in by_type],
                                   f.now, f.generation)
 
@@ -380,6 +386,12 @@ def _condition_events(old: dict[str, Any], conditions: list[dict[str, Any]]) -> 
         events.append(("Warning", now["reason"], now["message"]))
     elif now is not None and now["status"] == "True" and was.get("status") == "False":
         events.append(("Normal", "LatencyRecovered", now["message"]))
+    was, now = before.get(DRIFTING) or {}, after.get(DRIFTING)
+    if now is not None and now["status"] == "True" and (was.get("status") != "True"
+                                                        or was.get("reason") != now["reason"]):
+        events.append(("Warning", now["reason"], now["message"]))
+    elif now is not None and now["status"] == "False" and was.get("status") == "True":
+        events.append(("Normal", "DriftRecovered", now["message"]))
     was, now = before.get(STALE) or {}, after.get(STALE)
     if now is not None and now["status"] == "True" and (was.get("status") != "True"
                                                         or was.get("message") != now["message"]):

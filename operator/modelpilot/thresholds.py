@@ -1,105 +1,36 @@
 """`spec.monitoring.latency`: is the served version within its p99 latency and error-rate thresholds?
 
 The same Prometheus queries and judgement as canary analysis (`analysis.evaluate`), run for the stable
-version every `CHECK_SECONDS` on the outbound thread (one slow Prometheus delays only the models that
-use it), and reported as the condition `LatencyWithinThreshold`: True within the thresholds, False
-over one (one Warning event when it turns), Unknown without enough data or without an answer.
+version every minute by `checks.PeriodicChecks`, and reported as the condition `LatencyWithinThreshold`:
+True within the thresholds, False over one (one Warning event when it turns), Unknown without enough data
+or without an answer.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import logging
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from .analysis import Prometheus, evaluate
 from .canary import Verdict
-from .config import Settings
+from .checks import Run
 from .names import Owner
-from .outbound import Outbound
 from .promql import promql_string, window_text
-from .registry import ResolvedModel
 from .spec import DEFAULT_LATENCY_WINDOW_SECONDS, Analysis
 
-log = logging.getLogger(__name__)
-
 LATENCY_WITHIN_THRESHOLD = "LatencyWithinThreshold"
-#: How often each ModelDeployment's thresholds are checked.
-CHECK_SECONDS = 60.0
 
 
-@dataclass(frozen=True)
-class Measured:
-    version: str
-    latency: Analysis
-    verdict: Verdict
-    at: float
+def latency_check(latency: Analysis) -> Run:
+    """The check PeriodicChecks runs for spec.monitoring.latency: canary analysis's queries, for stable."""
+    window = latency.window_seconds or DEFAULT_LATENCY_WINDOW_SECONDS
 
+    async def run(session: aiohttp.ClientSession, variables: dict[str, str]) -> Verdict:
+        return await evaluate(latency, variables, window, Prometheus(latency.prometheus, session).query,
+                              subject="stable version")
 
-class Thresholds:
-    """The latest judgement per ModelDeployment, refreshed every CHECK_SECONDS in the background."""
-
-    def __init__(self, outbound: Outbound, settings: Settings, on_answer: Callable[[tuple[str, str]], None]) -> None:
-        self.outbound = outbound
-        self.settings = settings
-        self.on_answer = on_answer
-        self._last: dict[tuple[str, str], Measured] = {}
-        self._asked: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def latest(self, key: tuple[str, str], latency: Analysis | None, serving: ResolvedModel | None,
-               wall: float) -> tuple[Verdict | None, float | None]:
-        """(the latest verdict for the version now served or None, seconds until the next check)."""
-        if latency is None or serving is None:
-            self.forget(key)
-            return None, None
-        with self._lock:
-            last = self._last.get(key)
-            asked = self._asked.get(key)
-        # a judgement of another version, or against other thresholds, says nothing about this one
-        current = last if last is not None and (last.version, last.latency) == (serving.version, latency) else None
-        if asked is None and (current is None or wall - current.at >= CHECK_SECONDS):
-            self._ask(key, latency, serving, wall)
-        next_check = CHECK_SECONDS if current is None else max(CHECK_SECONDS - (wall - current.at), 1.0)
-        return (current.verdict if current else None), next_check
-
-    def _ask(self, key: tuple[str, str], latency: Analysis, serving: ResolvedModel, wall: float) -> None:
-        variables = {"namespace": key[0], "name": key[1], "model": serving.name, "version": serving.version}
-        window = latency.window_seconds or DEFAULT_LATENCY_WINDOW_SECONDS
-
-        async def call(session: aiohttp.ClientSession) -> Verdict:
-            return await evaluate(latency, variables, window, Prometheus(latency.prometheus, session).query,
-                                  subject="stable version")
-
-        def answered(done: concurrent.futures.Future[Any]) -> None:
-            if done.cancelled():  # the operator is stopping
-                return
-            error = done.exception()
-            verdict = done.result() if error is None else Verdict(
-                "inconclusive", f"Prometheus at {latency.prometheus.origin} did not answer in time"
-                if isinstance(error, TimeoutError) else f"the check failed ({type(error).__name__})")
-            with self._lock:
-                if self._asked.pop(key, None) is None:
-                    return  # forgotten meanwhile
-                self._last[key] = Measured(serving.version, latency, verdict, wall)
-            log.info("Thresholds of %s/%s version %s: %s (%s)", *key, serving.version, verdict.outcome,
-                     verdict.message)
-            self.on_answer(key)
-
-        with self._lock:
-            self._asked[key] = wall
-        self.outbound.submit(("thresholds", key), latency.prometheus.origin, self.settings.prometheus_timeout_seconds,
-                             call, answered)
-
-    def forget(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._last.pop(key, None)
-            self._asked.pop(key, None)
+    return run
 
 
 def latency_condition(verdict: Verdict | None, latency: Analysis, was: dict[str, Any],

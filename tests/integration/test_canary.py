@@ -517,6 +517,56 @@ def test_the_served_versions_latency_and_errors_are_checked_against_its_threshol
     assert len(warnings) == 1, warnings
 
 
+# -- data drift of the served version: real MLflow run artifact, real scoring server, real Prometheus --------
+def test_the_served_versions_drift_is_measured_against_its_reference_profile_and_reported(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str, prometheus: PrometheusServer, serve: Callable[[str, str], ScoringServer]) -> None:
+    import numpy as np
+    import pandas as pd
+    import requests
+
+    from modelpilot.monitoring import log_reference
+
+    version = registry.register(model_name, alias="champion", seed=0)
+    run_id = registry.client().get_model_version(model_name, version).run_id
+    columns = [f"f{i}" for i in range(FEATURES)]
+    training = pd.DataFrame(np.random.default_rng(0).normal(size=(4000, FEATURES)), columns=columns)
+    log_reference(training, run_id)  # after registration, as for a model registered before modelpilot
+    server = serve(model_name, version)  # finds the profile through the version's run; traffic like training
+    selector = f'namespace="{namespace}",model="{model_name}",version="{version}"'
+
+    def scraped(promql: str, at_least: float) -> bool:
+        found = prometheus.query(promql)
+        return bool(found) and float(found[0]["value"][1]) >= at_least
+
+    wait_for(lambda: scraped(f"sum(modelpilot_drift_samples{{{selector}}})", 500), 90, "500 rows in Prometheus")
+    manifest = mdep_manifest("m", namespace, f"models:/{model_name}@champion", monitoring={"drift": {
+        "minSamples": 500, "prometheusUrl": prometheus.url}})
+    apply(control_plane, manifest)
+
+    def drifting(reason: str) -> Callable[[], dict[str, Any] | None]:
+        def check() -> dict[str, Any] | None:
+            found = condition(get_mdep(kube, namespace, "m"), "Drifting")
+            return found if found.get("reason") == reason else None
+        return check
+
+    calm = wait_for(drifting("NoDrift"), 120, f"Drifting=False\n{operator.logs(40)}")
+    assert calm["status"] == "False" and "rows (warn 0.1, alert 0.25)" in calm["message"], calm
+    # the world moves: f2 arrives shifted by three standard deviations
+    moved = pd.DataFrame(np.random.default_rng(1).normal(size=(3000, FEATURES)), columns=columns)
+    moved["f2"] += 3
+    for start in range(0, len(moved), 100):
+        part = moved.iloc[start:start + 100].to_dict(orient="split", index=False)
+        assert requests.post(f"{server.url}/invocations", json={"dataframe_split": part}, timeout=30).ok
+    wait_for(lambda: scraped(f'max(modelpilot_feature_drift{{{selector},feature="f2"}})', 0.25), 60,
+             "f2's drift in Prometheus")
+    manifest["spec"]["monitoring"]["drift"]["alert"] = 0.3  # new settings: judged again at once
+    reapply(control_plane, manifest)
+    alert = wait_for(drifting("DriftAlert"), 60, f"Drifting=True\n{operator.logs(40)}")
+    assert alert["status"] == "True" and "feature f2 PSI" in alert["message"], alert
+    assert [e for e in wait_event(kube, namespace, "m", "DriftAlert", "Warning") if e["reason"] == "DriftAlert"]
+
+
 def test_every_query_of_the_grafana_dashboard_is_valid_promql_for_the_real_prometheus(
         prometheus: PrometheusServer) -> None:
     import urllib.error

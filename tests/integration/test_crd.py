@@ -30,7 +30,9 @@ FULL_SPEC: dict[str, Any] = {
                 "volumeMounts": [{"name": "features", "mountPath": "/etc/features", "readOnly": True}]},
     "disruptionBudget": {"minAvailable": "50%"},
     "monitoring": {"maxModelAge": "30d", "latency": {"p99Ms": 250, "errorRate": 0.01, "window": "10m",
-                                                     "prometheusUrl": "http://prometheus.monitoring.svc:9090"}},
+                                                     "prometheusUrl": "http://prometheus.monitoring.svc:9090"},
+                   "drift": {"warn": 0.1, "alert": 0.3, "window": "2h", "minSamples": 1000,
+                             "prometheusUrl": "http://prometheus.monitoring.svc:9090"}},
     "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetInFlight": 8, "targetCPUUtilization": 75,
                     "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60, "policies": [
                         {"type": "Pods", "value": 1, "periodSeconds": 30}]}}},
@@ -154,6 +156,12 @@ GOOD = "models:/fraud-detector@champion"
                      "spec.monitoring.maxModelAge", "should match", id="max-model-age"),
         pytest.param({"model": {"uri": GOOD}, "monitoring": {"latency": {"window": "5m"}}},
                      "spec.monitoring.latency", "set p99Ms or errorRate", id="latency-no-threshold"),
+        pytest.param({"model": {"uri": GOOD}, "monitoring": {"drift": {"warn": 0.3}}},
+                     "spec.monitoring.drift", "warn must not be above alert", id="drift-warn-above-alert"),
+        pytest.param({"model": {"uri": GOOD}, "monitoring": {"drift": {"alert": 0}}},
+                     "spec.monitoring.drift.alert", "greater than 0", id="drift-alert-zero"),
+        pytest.param({"model": {"uri": GOOD}, "monitoring": {"drift": {"prometheusUrl": "http://u:p@prom"}}},
+                     "spec.monitoring.drift.prometheusUrl", "no user:password@", id="drift-prometheus-credentials"),
         pytest.param({"model": {"uri": GOOD}, "disruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
                      "spec.disruptionBudget", "at most 1", id="budget-both"),
     ],
@@ -223,7 +231,7 @@ def test_a_full_pod_template_is_admitted_under_the_restricted_pod_security_profi
     out = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
     assert out.returncode == 0, out.stderr
     assert parsed.disruption_budget is not None and parsed.autoscaling is not None
-    assert parsed.latency is not None
+    assert parsed.latency is not None and parsed.drift is not None and parsed.drift.alert == 0.3
     keda = parse_spec({**manifest["spec"], "autoscaling": {
         **FULL_SPEC["autoscaling"], "engine": "keda", "prometheusUrl": "http://prometheus.monitoring.svc:9090"}},
         settings).autoscaling

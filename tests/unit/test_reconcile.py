@@ -611,7 +611,12 @@ class FakePrometheus:
     """Answers instant queries over real HTTP: `values[metric]` by the first of requests / 5.. / quantile seen."""
 
     def __init__(self) -> None:
-        self.values: dict[str, float] = {"requests": 500.0, "errorRate": 0.001, "p99LatencyMs": 40.0}
+        self.values: dict[str, float | None] = {
+            "requests": 500.0, "errorRate": 0.001, "p99LatencyMs": 40.0,
+            # the scoring server's drift metrics (None: no series)
+            "profile": 1.0, "samples": 2000.0, "featureDrift": 0.02, "predictionDrift": 0.01}
+        #: the feature label of the worst feature's series
+        self.feature = "amount"
         self.queries: list[str] = []
         fake = self
 
@@ -622,10 +627,15 @@ class FakePrometheus:
             def do_GET(self) -> None:
                 query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))["query"]
                 fake.queries.append(query)
-                kind = ("p99LatencyMs" if "histogram_quantile" in query else "errorRate" if '5..' in query
-                        else "requests")
-                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-                    {"metric": {}, "value": [0, str(fake.values[kind])]}]}}).encode()
+                drift = {"modelpilot_drift_profile_loaded": "profile", "modelpilot_drift_samples": "samples",
+                         "modelpilot_feature_drift": "featureDrift", "modelpilot_prediction_drift": "predictionDrift"}
+                kind = next((k for metric, k in drift.items() if metric in query), None) or (
+                    "p99LatencyMs" if "histogram_quantile" in query else "errorRate" if '5..' in query
+                    else "requests")
+                value = fake.values[kind]
+                labels = {"feature": fake.feature} if kind == "featureDrift" else {}
+                result = [] if value is None else [{"metric": labels, "value": [0, str(value)]}]
+                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -712,4 +722,78 @@ def test_bad_latency_thresholds_name_the_field(latency: dict[str, Any], says: st
     with pytest.raises(InvalidSpec, match=r"spec\.monitoring\.latency") as caught:
         parse_spec({"model": {"uri": "models:/x@y"}, "monitoring": {"latency": latency}},
                    Settings(default_tracking_uri="http://mlflow:5000"))
+    assert says in str(caught.value)
+
+
+# -- data drift of the served version -----------------------------------------------------------------------------
+def _drifting(world: Harness) -> dict[str, Any]:
+    world.advance(61)
+    world.reconcile()
+    wait_for(lambda: world.enqueued, 10, "the Prometheus answer")
+    world.enqueued.clear()
+    world.reconcile()
+    return world.condition("Drifting")
+
+
+def test_drift_is_read_from_prometheus_judged_and_reported_with_one_event_when_it_turns(
+        world: Harness, prometheus: FakePrometheus) -> None:
+    world.apply(monitoring={"drift": {"warn": 0.1, "alert": 0.25, "window": "30m", "minSamples": 500,
+                                      "prometheusUrl": prometheus.url}})
+    converge(world)
+    assert _env(world)["MODELPILOT_DRIFT_WINDOW"] == "1800", "the pods measure over the window the operator judges"
+    calm = _drifting(world)
+    assert (calm["status"], calm["reason"]) == ("False", "NoDrift"), calm
+    assert "feature amount PSI 0.020" in calm["message"] and "over 2000 rows" in calm["message"], calm
+    drift_queries = [q for q in prometheus.queries if "drift" in q]
+    assert drift_queries and all(f'namespace="{NS}",model="fraud",version="1"' in q for q in drift_queries)
+    writes = len(world.kube.writes)
+    prometheus.values["featureDrift"] = 0.03  # new numbers, same judgement: nothing is written
+    assert _drifting(world)["reason"] == "NoDrift" and len(world.kube.writes) == writes
+    prometheus.values["featureDrift"], prometheus.feature = 0.15, "country"
+    warn = _drifting(world)
+    assert (warn["status"], warn["reason"]) == ("True", "DriftWarning") and "feature country PSI 0.150" in \
+        warn["message"], warn
+    prometheus.values["predictionDrift"] = 0.4
+    alert = _drifting(world)
+    assert (alert["status"], alert["reason"]) == ("True", "DriftAlert") and "predictions PSI 0.400" in \
+        alert["message"], alert
+    world.reconcile()
+    assert world.reasons("Warning").count("DriftWarning") == 1 and world.reasons("Warning").count("DriftAlert") == 1
+    assert world.condition("Ready")["status"] == "True", "drift is reported, not a reason to stop serving"
+    prometheus.values.update(featureDrift=0.01, predictionDrift=0.01)
+    assert _drifting(world)["reason"] == "NoDrift"
+    assert world.reasons("Normal").count("DriftRecovered") == 1
+    prometheus.values["samples"] = 120.0
+    few = _drifting(world)
+    assert (few["status"], few["reason"]) == ("Unknown", "NotEnoughData") and "only 120 rows" in few["message"]
+    prometheus.values["profile"] = 0.0
+    none = _drifting(world)
+    assert (none["status"], none["reason"]) == ("Unknown", "NoReferenceProfile"), none
+    assert "modelpilot.monitoring.log_reference" in none["message"]
+    prometheus.values["profile"] = None
+    unscraped = _drifting(world)
+    assert unscraped["reason"] == "NotEnoughData" and "no drift metrics of version 1" in unscraped["message"]
+    world.apply()  # drift watching removed: the condition goes, and the window from the pods' environment
+    world.reconcile()
+    assert world.condition("Drifting") == {} and "MODELPILOT_DRIFT_WINDOW" not in _env(world)
+
+
+def _env(world: Harness) -> dict[str, Any]:
+    dep = world.kube.objects[("apps/v1", "Deployment", NS, "m")]
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize(("drift", "says"), [
+    ({"warn": 0.3}, "warn (0.3) must not be above alert (0.25)"),
+    ({"warn": 0}, "warn must be a number above 0"),
+    ({"alert": "high"}, "alert must be a number above 0"),
+    ({"window": "10s"}, "window must be from 1m to 7d"),
+    ({"minSamples": 0}, "minSamples must be a whole number from 1"),
+    ({"prometheusUrl": "prom:9090"}, "spec.monitoring.drift.prometheusUrl"),
+    ("on", "spec.monitoring.drift must be an object"),
+])
+def test_bad_drift_settings_name_the_field(drift: Any, says: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"spec\.monitoring\.drift") as caught:
+        parse_spec({"model": {"uri": "models:/x@y"}, "monitoring": {"drift": drift}},
+                   Settings(default_tracking_uri="http://mlflow:5000", default_prometheus_url="http://prom:9090"))
     assert says in str(caught.value)

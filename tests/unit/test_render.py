@@ -351,3 +351,11 @@ def test_payload_logging_reaches_the_scoring_server_only_when_asked_for() -> Non
 def test_a_bad_payload_log_is_invalid_spec_naming_the_field(logging: Any, message: str) -> None:
     with pytest.raises(InvalidSpec, match=re.escape(message)):
         parse_spec({**BASE, "logging": logging}, SETTINGS)
+
+
+def test_runtime_env_cannot_point_the_pods_at_a_drift_profile_of_the_tenants_choosing() -> None:
+    """A profile URI of the tenant's choosing would be fetched with the registry credentials the pod holds."""
+    dep = build({**BASE, "registry": {"credentialsSecretRef": {"name": "mlflow-auth"}}, "runtime": {"env": [
+        {"name": "MODELPILOT_DRIFT_PROFILE", "value": "https://collector.example/steal"},
+        {"name": "MODELPILOT_DRIFT_WINDOW", "value": "1"}]}})
+    assert not [k for k in env(dep) if k.startswith("MODELPILOT_DRIFT_")]
