@@ -33,7 +33,6 @@ import orjson
 
 from . import auth, errors, health, httpproto, metrics, payloadlog, protocol, reference, v2
 from .batcher import Batcher, Result, Runner
-from .drift import Monitor
 from .errors import (
     BadRequest,
     MethodNotAllowed,
@@ -117,6 +116,7 @@ class ScoringApp:
         self._codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
         self._heartbeat: asyncio.Task[None] | None = None
         self.drift: reference.Gauges | None = None
+        self.runner: Runner | None = None
         metrics.READY.labels(*labels).set(0)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -132,14 +132,17 @@ class ScoringApp:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("Could not load %s: %s", self.settings.model_uri, self.load_error)
             return
-        monitor = reference.load(self.settings.drift_profile, self.settings.model_uri, self.settings.drift_window)
-        loop.call_soon_threadsafe(self._loaded, model, monitor)
+        loop.call_soon_threadsafe(self._loaded, model)
+        # after readiness: a slow registry or artifact store delays drift metrics, never predictions
+        loop.call_soon_threadsafe(self._drift_loaded, reference.load(self.settings, self.name, self.version))
 
-    def _loaded(self, model: LoadedModel, monitor: Monitor | None = None) -> None:
-        runner = Runner(model, self.settings.batching_mode, self.settings.max_decoded_bytes)
-        if monitor is not None:
-            runner.observe = monitor.observe
-        self.drift = reference.Gauges(monitor, self.name, self.version)
+    def _drift_loaded(self, observers: reference.Observers) -> None:
+        self.drift = reference.Gauges(observers.monitor, self.name, self.version)
+        if (observers.monitor or observers.bins) and self.runner is not None:
+            self.runner.observe = observers.observe
+
+    def _loaded(self, model: LoadedModel) -> None:
+        runner = self.runner = Runner(model, self.settings.batching_mode, self.settings.max_decoded_bytes)
         model.batching = "merged" if runner.can_merge else "per-request"
         log.info("Batching: %s (%s)", model.batching, runner.merge_reason)
         self.batcher = Batcher(runner.run_batch, self.settings.max_batch_size if runner.can_merge else 1,

@@ -45,6 +45,9 @@ PREDICTION_DRIFT = Gauge("modelpilot_prediction_drift", "Population stability in
                          "drift window against the reference profile's", LABELS, multiprocess_mode="max")
 DRIFT_SAMPLES = Gauge("modelpilot_drift_samples", "Rows counted in the drift window", LABELS,
                       multiprocess_mode="livesum")
+PREDICTION_BINS = Counter("modelpilot_prediction_bin_total", "Predictions per bin of the prediction histogram of the "
+                          "`baseline` version's reference profile: two versions counted into one baseline's bins "
+                          "can be compared (canary analysis' maxPredictionDrift)", [*LABELS, "baseline", "bin"])
 DRIFT_PROFILE = Gauge("modelpilot_drift_profile_loaded", "1 when a reference profile is loaded and drift measured; "
                       "0 when not (the log says why)", LABELS, multiprocess_mode="min")
 READY = Gauge("modelpilot_model_ready", "1 when the model is loaded and warm", LABELS, multiprocess_mode="min")

@@ -13,11 +13,13 @@ import logging
 import re
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .drift import ARTIFACT_PATH, InvalidProfile, Monitor, Profile
+from .drift import ARTIFACT_PATH, Histogram, InvalidProfile, Monitor, Profile, prediction_column
+from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,27 +79,80 @@ def _read(path: Path, location: str) -> Profile:
     return Profile.from_dict(doc)
 
 
-def load(setting: str, model_uri: str, window_seconds: float) -> Monitor | None:
-    """A drift monitor for the model, or None (logged) when drift cannot be measured. Never raises."""
-    if setting == "off":
-        log.info("Drift: off (--drift-profile off)")
-        return None
+def _profile(setting: str, model_uri: str, what: str) -> Profile | None:
+    """The profile, or None (logged with why) when there is none to use. Never raises."""
     try:
         location = locate(setting, model_uri)
         profile = fetch(location)
     except NoProfile as exc:
-        log.info("Drift: not measured: %s", exc)
+        log.info("%s: not measured: %s", what, exc)
         return None
     except InvalidProfile as exc:
-        log.warning("Drift: not measured: the reference profile cannot be used: %s", exc)
+        log.warning("%s: not measured: the reference profile cannot be used: %s", what, exc)
         return None
     except Exception as exc:  # the registry or the artifact store failed: the model still serves
-        log.warning("Drift: not measured: the reference profile could not be fetched (%s: %s)",
+        log.warning("%s: not measured: the reference profile could not be fetched (%s: %s)", what,
                     type(exc).__name__, exc)
         return None
-    log.info("Drift: measured against the reference profile at %s (%d features%s, window %gs)", location,
-             len(profile.features), ", predictions" if profile.predictions else "", window_seconds)
-    return Monitor(profile, window_seconds)
+    log.info("%s: measured against the reference profile at %s (%d features%s)", what, location,
+             len(profile.features), ", predictions" if profile.predictions else "")
+    return profile
+
+
+class PredictionBins:
+    """Counts predictions into the bins of one version's profile's prediction histogram, as counters labelled
+    with that version (`baseline`): two versions counted into the same baseline's bins can be compared in
+    PromQL over any window (canary analysis' maxPredictionDrift). Every bin's series exists from the start."""
+
+    def __init__(self, hist: Histogram, name: str, version: str, baseline: str) -> None:
+        self.hist = hist
+        labels = [str(i) for i in range(hist.size - 1)] + ["missing"]
+        self.counters = [metrics.PREDICTION_BINS.labels(name, version, baseline, label) for label in labels]
+
+    def observe(self, predictions: Any) -> None:
+        column = prediction_column(predictions)
+        if column is None:
+            return
+        try:
+            counts = self.hist.count(column)
+        except Exception:  # never in the predictions' way (the monitor logs odd batches)
+            return
+        for counter, n in zip(self.counters, counts, strict=True):
+            if n:
+                counter.inc(int(n))
+
+
+@dataclass
+class Observers:
+    """What watches each predicted batch: the drift monitor, the prediction bins; either may be absent."""
+
+    monitor: Monitor | None = None
+    bins: PredictionBins | None = None
+
+    def observe(self, data: Any, predictions: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.observe(data, predictions)
+        if self.bins is not None:
+            self.bins.observe(predictions)
+
+
+def load(settings: ServeSettings, name: str, version: str) -> Observers:
+    """The drift monitor (this version's profile) and the prediction bins (the baseline's profile, by default
+    this version's). Never raises: what cannot be had is logged and left out."""
+    if settings.drift_profile == "off":
+        log.info("Drift: off (--drift-profile off)")
+        return Observers()
+    own = _profile(settings.drift_profile, settings.model_uri, "Drift")
+    monitor = Monitor(own, settings.drift_window) if own is not None else None
+    if settings.drift_baseline:
+        baseline, label = _profile(settings.drift_baseline_profile, f"models:/{name}/{settings.drift_baseline}",
+                                   f"Prediction bins of version {settings.drift_baseline}"), settings.drift_baseline
+    else:
+        baseline, label = own, version
+    bins = None
+    if baseline is not None and baseline.predictions is not None:
+        bins = PredictionBins(baseline.predictions, name, version, label)
+    return Observers(monitor, bins)
 
 
 class Gauges:

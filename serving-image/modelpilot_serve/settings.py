@@ -48,6 +48,11 @@ class ServeSettings:
     #: modelpilot/reference_profile.json), the sliding window in seconds; "off" turns drift off.
     drift_profile: str = ""
     drift_window: float = 3600.0
+    #: The registered version whose profile's prediction bins the predictions are also counted into (a
+    #: canary counts into stable's, so the two can be compared); empty: this version's own. Its profile is
+    #: found like drift_profile, or read from drift_baseline_profile.
+    drift_baseline: str = ""
+    drift_baseline_profile: str = ""
 
     def to_env(self) -> dict[str, str]:
         return {f"MODELPILOT_{k.upper()}": str(v) for k, v in self.__dict__.items()}
@@ -156,6 +161,13 @@ def parser() -> argparse.ArgumentParser:
                         "metrics [MODELPILOT_DRIFT_PROFILE]")
     p.add_argument("--drift-window", type=float, default=_default("drift_window"),
                    help="seconds of traffic the drift metrics compare with the reference [MODELPILOT_DRIFT_WINDOW]")
+    p.add_argument("--drift-baseline", default=_default("drift_baseline"),
+                   help="a version of the same registered model: predictions are also counted into the bins of "
+                        "its profile's predictions (modelpilot_prediction_bin_total{baseline}), so this version "
+                        "can be compared with it; empty: this version's own [MODELPILOT_DRIFT_BASELINE]")
+    p.add_argument("--drift-baseline-profile", default=_default("drift_baseline_profile"),
+                   help="the baseline's profile as a file or artifact URI, instead of its run's "
+                        "[MODELPILOT_DRIFT_BASELINE_PROFILE]")
     p.add_argument("--namespace", default=_default("namespace"), help="[MODELPILOT_NAMESPACE]")
     p.add_argument("--track", default=_default("track"), help="stable or canary [MODELPILOT_TRACK]")
     p.add_argument("--log-level", default=_default("log_level"),

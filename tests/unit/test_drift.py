@@ -130,3 +130,18 @@ def test_bad_arguments_to_build_profile_are_value_errors() -> None:
     with pytest.raises(ValueError, match="one value per row"):
         build_profile(pd.DataFrame({"x": [1, 2]}), predictions={"a": [1, 2]})
     assert isinstance(build_profile(pd.DataFrame({"x": [1, 2]})).features[0], Histogram)
+
+
+def test_a_frame_of_numbers_and_a_mixed_frame_count_the_same_as_column_by_column() -> None:
+    """Frames of numbers are counted from one float array (cheaper); the counts must be the same."""
+    reference = frame(2000, seed=0)
+    profile = build_profile(reference)
+    live = frame(300, seed=5, shift=0.5)
+    for data in (live, live[["age", "amount"]], live[["amount", "age"]].astype(object)):
+        monitor = Monitor(profile, 60)
+        monitor.observe(data, None)
+        monitor.observe(data, None)  # the column set's positions from the cache
+        expected = {h.name: psi(h.reference, 2 * (h.count(data[h.name]) if h.name in data.columns else
+                                                  np.eye(h.size, dtype=np.int64)[-1] * len(data)))
+                    for h in profile.features}
+        assert monitor.measure().features == pytest.approx(expected)
