@@ -39,6 +39,22 @@ log = logging.getLogger(__name__)
 #: The most bytes of one Prometheus answer that are read (one number is a few hundred).
 MAX_BODY_BYTES = 1 << 20
 
+def _bin_shares(version: str) -> str:
+    """Each bin's share of one version's predictions over the window, counted into stable's bins."""
+    series = ('modelpilot_prediction_bin_total{namespace="$namespace",model="$model",'
+              f'version="{version}",baseline="$stableVersion"}}')
+    return (f"clamp_min(sum by (bin) (increase({series}[$window])) / scalar(sum(increase({series}[$window]))), "
+            "0.0001)")
+
+
+def prediction_drift_query() -> str:
+    """PSI between the canary's and stable's predictions: both tracks count into the bins of stable's reference
+    profile (the canary's pods are told stable's version), so sum((c - s) * ln(c / s)) over matching bins.
+    Every bin's series exists from a pod's start, so no bin goes missing from either side."""
+    canary, stable = _bin_shares("$version"), _bin_shares("$stableVersion")
+    return f"sum(({canary} - {stable}) * ln({canary} / {stable}))"
+
+
 _SELECTOR = 'namespace="$namespace",model="$model",version="$version"'
 DEFAULT_QUERIES = {
     "requests": f"sum(increase(modelpilot_requests_total{{{_SELECTOR}}}[$window]))",
@@ -47,6 +63,7 @@ DEFAULT_QUERIES = {
                   f" / sum(rate(modelpilot_requests_total{{{_SELECTOR}}}[$window]))"),
     "p99LatencyMs": ("1000 * histogram_quantile(0.99, sum by (le) "
                      f"(rate(modelpilot_request_duration_seconds_bucket{{{_SELECTOR}}}[$window])))"),
+    "predictionDrift": prediction_drift_query(),
 }
 
 
@@ -133,6 +150,8 @@ async def evaluate(analysis: Analysis, variables: dict[str, str], window_seconds
             values["errorRate"] = await query(render_query(templates["errorRate"], variables))
         if analysis.max_p99_latency_ms is not None:
             values["p99LatencyMs"] = await query(render_query(templates["p99LatencyMs"], variables))
+        if analysis.max_prediction_drift is not None:
+            values["predictionDrift"] = await query(render_query(templates["predictionDrift"], variables))
     except PrometheusError as exc:
         return Verdict("inconclusive", str(exc), values)
     except TimeoutError:
@@ -153,12 +172,16 @@ def judge(analysis: Analysis, values: dict[str, float | None], window_seconds: f
     failures: list[str] = []
     checks: list[str] = []
     for key, limit, unit, fmt in (("errorRate", analysis.max_error_rate, "", "{:.4g}"),
-                                  ("p99LatencyMs", analysis.max_p99_latency_ms, " ms", "{:.1f}")):
+                                  ("p99LatencyMs", analysis.max_p99_latency_ms, " ms", "{:.1f}"),
+                                  ("predictionDrift", analysis.max_prediction_drift, "", "{:.3f}")):
         if limit is None:
             continue
         value = measured.get(key)
         if value is None:
-            return Verdict("inconclusive", f"no {key} data for the {subject} in the last {window}", measured)
+            hint = (" (the predictions of both versions are compared in the bins of stable's reference profile: "
+                    "stable's run needs one with predictions, see modelpilot.monitoring.log_reference)"
+                    if key == "predictionDrift" else "")
+            return Verdict("inconclusive", f"no {key} data for the {subject} in the last {window}{hint}", measured)
         text = f"{key} {fmt.format(value)}{unit} (max {limit:g}{unit})"
         (failures if value > limit else checks).append(text)
     summary = f"{requests_seen:.0f} requests in {window}"
@@ -178,8 +201,9 @@ class Analyses:
         self._lock = threading.Lock()
 
     def due(self, key: tuple[str, str], spec: DeploymentSpec, previous: CanaryState | None,
-            candidate: ResolvedModel | None, wall: float) -> Verdict | None:
-        """The verdict of the current step's analysis when one is due (None: none is due)."""
+            candidate: ResolvedModel | None, wall: float, stable: ResolvedModel | None = None) -> Verdict | None:
+        """The verdict of the current step's analysis when one is due (None: none is due); `stable` is the
+        version stable serves (the queries' $stableVersion)."""
         canary = spec.canary
         if canary is None or canary.analysis is None or candidate is None:
             return None
@@ -192,7 +216,8 @@ class Analyses:
         with self._lock:
             future = self._running.get(key)
         if future is None:
-            variables = {"namespace": key[0], "name": key[1], "model": candidate.name, "version": candidate.version}
+            variables = {"namespace": key[0], "name": key[1], "model": candidate.name, "version": candidate.version,
+                         "stableVersion": stable.version if stable is not None else ""}
 
             async def call(session: aiohttp.ClientSession) -> Verdict:
                 return await evaluate(analysis, variables, window, Prometheus(analysis.prometheus, session).query)

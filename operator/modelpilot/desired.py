@@ -72,9 +72,11 @@ def desired_children(owner: Owner, spec: DeploymentSpec, decision: Decision, set
     else:
         unwanted.append(budget_key(owner))
     if rollout.canary is not None:
+        analysis = spec.canary.analysis if spec.canary else None
+        compared = analysis is not None and analysis.max_prediction_drift is not None
         objects[deployment_key(owner, CANARY)] = render_deployment(
             owner, spec, rollout.canary, settings, track=CANARY, replicas=decision.canary_replicas,
-            resolved_from=decision.canary_from)
+            resolved_from=decision.canary_from, baseline=rollout.stable.version if compared else None)
     else:
         unwanted.append(deployment_key(owner, CANARY))
     if decision.router == "gatewayAPI":

@@ -100,7 +100,7 @@ class Reconciler:
         newest = self._newest(key, spec)
         resolved = _resolved(spec, stable, canary, facts.old)
         wall, state = self.wall_clock(), CanaryState.from_status(facts.old.get("canary"))
-        verdict = self.analyses.due(key, spec, state, resolved.candidate, wall)
+        verdict = self.analyses.due(key, spec, state, resolved.candidate, wall, resolved.current)
         decision = decide(spec, world, resolved, state, facts.old.get("rejected") or {},
                           dict(meta.get("annotations") or {}), verdict, wall)
         desired = desired_children(owner, spec, decision, self.settings, world)

@@ -41,8 +41,8 @@ from .registry import ResolvedModel
 from .spec import DeploymentSpec
 
 
-def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings, track: str
-         ) -> list[dict[str, Any]]:
+def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: Settings, track: str,
+         baseline: str | None = None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "MODELPILOT_MODEL_URI", "value": resolved.pinned},
         {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri},
@@ -67,6 +67,8 @@ def _env(owner: Owner, spec: DeploymentSpec, resolved: ResolvedModel, settings: 
                 {"name": "MODELPILOT_TRACK", "value": track}]
     if spec.drift is not None:  # (likewise) the pods measure over the window the operator judges
         env.append({"name": "MODELPILOT_DRIFT_WINDOW", "value": f"{spec.drift.window_seconds:g}"})
+    if baseline is not None:  # a canary compared with stable: its predictions also go into stable's bins
+        env.append({"name": "MODELPILOT_DRIFT_BASELINE", "value": baseline})
     if spec.credentials_secret:
         # The pod downloads the model through the registry with the same credentials the operator used.
         for var, key in (("MLFLOW_TRACKING_TOKEN", "token"), ("MLFLOW_TRACKING_USERNAME", "username"),
@@ -152,11 +154,13 @@ def render_deployment(
     replicas: int | None = None,
     resolved_from: str | None = None,
     autoscaled: bool = False,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """The Deployment of one track that serves exactly `resolved` (never a floating alias).
 
     `replicas` overrides spec.replicas (a replica-ratio canary split); `resolved_from` is the URI the
-    version was resolved from (default spec.model.uri); `autoscaled`: no replicas at all (an HPA owns them).
+    version was resolved from (default spec.model.uri); `autoscaled`: no replicas at all (an HPA owns them);
+    `baseline`: the version whose prediction bins the pods also count into (a canary compared with stable).
     """
     gpu = spec.runtime.variant == "gpu"
     image = settings.server_image_gpu if gpu else settings.server_image_cpu
@@ -181,7 +185,7 @@ def render_deployment(
         "args": ["--model-uri", resolved.pinned],
         "ports": [{"name": "http", "containerPort": settings.server_port, "protocol": "TCP"},
                   {"name": "health", "containerPort": settings.server_health_port, "protocol": "TCP"}],
-        "env": _env(owner, spec, resolved, settings, track),
+        "env": _env(owner, spec, resolved, settings, track, baseline),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3, port=settings.server_probe_port),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3, port=settings.server_probe_port),
         # Loading a model (download + unpickle + warm-up) can take many minutes: liveness starts only

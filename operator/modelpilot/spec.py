@@ -68,8 +68,10 @@ class Analysis:
     min_requests: int
     #: PromQL range of each query; None: the step's pause.
     window_seconds: float | None
-    #: PromQL templates overriding the defaults, keyed errorRate / p99LatencyMs / requests.
+    #: PromQL templates overriding the defaults, keyed errorRate / p99LatencyMs / requests / predictionDrift.
     queries: dict[str, str]
+    #: Highest PSI between the canary's and stable's predictions (both counted into stable's profile's bins).
+    max_prediction_drift: float | None = None
 
 
 @dataclass(frozen=True)
@@ -458,15 +460,18 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
         if max_error is not None and max_error > 1:
             raise InvalidSpec(f"spec.canary.analysis.maxErrorRate is a share between 0 and 1, got {max_error:g}")
         max_p99 = _number(a.get("maxP99LatencyMs"), "spec.canary.analysis.maxP99LatencyMs")
-        if max_error is None and max_p99 is None:
-            raise InvalidSpec("spec.canary.analysis needs maxErrorRate or maxP99LatencyMs (or both)")
+        max_drift = _number(a.get("maxPredictionDrift"), "spec.canary.analysis.maxPredictionDrift")
+        if max_drift is not None and max_drift <= 0:
+            raise InvalidSpec("spec.canary.analysis.maxPredictionDrift must be above 0 (a PSI, e.g. 0.2)")
+        if max_error is None and max_p99 is None and max_drift is None:
+            raise InvalidSpec("spec.canary.analysis needs maxErrorRate, maxP99LatencyMs or maxPredictionDrift")
         window_seconds = duration(a.get("window"), "spec.canary.analysis.window")
         queries = obj(a.get("queries"), "spec.canary.analysis.queries")
-        unknown = set(queries) - {"errorRate", "p99LatencyMs", "requests"}
+        unknown = set(queries) - {"errorRate", "p99LatencyMs", "requests", "predictionDrift"}
         if unknown or not all(isinstance(q, str) and q.strip() for q in queries.values()):
             extra = f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""
             raise InvalidSpec("spec.canary.analysis.queries takes non-empty PromQL strings under errorRate, "
-                              f"p99LatencyMs and requests{extra}")
+                              f"p99LatencyMs, requests and predictionDrift{extra}")
         analysis = Analysis(
             prometheus=prometheus,
             max_error_rate=max_error,
@@ -474,6 +479,7 @@ def _canary(raw: Any, traffic: TrafficSpec, settings: Settings) -> CanarySpec | 
             min_requests=integer(a.get("minRequests"), "spec.canary.analysis.minRequests", 10),
             window_seconds=window_seconds,
             queries={str(k): str(v) for k, v in queries.items()},
+            max_prediction_drift=max_drift,
         )
 
     shadow = bool(canary.get("shadow", False))

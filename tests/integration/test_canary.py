@@ -53,12 +53,12 @@ class ScoringServer:
     """A real scoring server for one registered version, scraped by Prometheus, with a request loop."""
 
     def __init__(self, tracking_uri: str, model: str, version: str, namespace: str, prometheus: PrometheusServer,
-                 log: Path) -> None:
+                 log: Path, *flags: str) -> None:
         port = free_port()
         self.server = Server(
             [sys.executable, "-m", "modelpilot_serve.cli", "--model-uri", f"models:/{model}/{version}",
              "--host", "127.0.0.1", "--port", str(port), "--health-port", str(free_port()),
-             "--cache-dir", str(log.parent / f"cache-{port}")],
+             "--cache-dir", str(log.parent / f"cache-{port}"), *flags],
             port, log, env={"MLFLOW_TRACKING_URI": tracking_uri}).wait("/v2/health/ready")
         self.url = self.server.url
         self.target = f"{namespace}-{model}-{version}"
@@ -83,12 +83,12 @@ class ScoringServer:
 
 @pytest.fixture
 def serve(mlflow_server: MlflowServer, prometheus: PrometheusServer, namespace: str,
-          tmp_path: Path) -> Iterator[Callable[[str, str], ScoringServer]]:
+          tmp_path: Path) -> Iterator[Callable[..., ScoringServer]]:
     servers: list[ScoringServer] = []
 
-    def start(model: str, version: str) -> ScoringServer:
+    def start(model: str, version: str, *flags: str) -> ScoringServer:
         server = ScoringServer(mlflow_server.url, model, version, namespace, prometheus,
-                               tmp_path / f"serve-{model}-{version}.log")
+                               tmp_path / f"serve-{model}-{version}.log", *flags)
         servers.append(server)
         server.start_load()
         return server
@@ -281,6 +281,56 @@ def test_a_bad_version_is_rolled_back_and_not_retried_until_the_alias_moves(
     wait_for(lambda: replicas(kube, namespace, "fraud") == (4, None), 30, "the canary Deployment to go")
     assert canary_status(kube, namespace, "fraud") == {}
     assert "CanaryRemoved" in reasons(kube, namespace, "fraud")
+
+
+# -- progressive rollout: roll back a canary whose predictions differ from stable's -----------------
+def test_a_canary_whose_predictions_drift_from_stables_is_rolled_back(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str, prometheus: PrometheusServer, serve: Callable[..., ScoringServer]) -> None:
+    """Both versions' real servers count their predictions into the bins of stable's reference profile (the
+    canary's told stable's version, as the operator tells canary pods); the real Prometheus computes the PSI
+    between them with the default query, and the real operator rolls the canary back on it."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from modelpilot.monitoring import log_reference
+
+    v1 = registry.register(model_name, alias="champion", seed=0)
+    columns = [f"f{i}" for i in range(FEATURES)]
+    training = pd.DataFrame(np.random.default_rng(0).normal(size=(2000, FEATURES)), columns=columns)
+    mlflow.set_tracking_uri(registry.url)
+    predictions = mlflow.pyfunc.load_model(f"models:/{model_name}/{v1}").predict(training)
+    log_reference(training, registry.client().get_model_version(model_name, v1).run_id, predictions=predictions)
+    serve(model_name, v1)  # stable's real traffic, counted into its own bins
+
+    class AlwaysOne(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-defined]
+        # defined in the test function, so cloudpickle stores it by value: the server needs nothing of ours
+        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
+            return np.ones(len(model_input), dtype=int)  # every answer the same: a different distribution
+
+    manifest = mdep_manifest(
+        "fraud", namespace, f"models:/{model_name}@champion", refreshInterval="2s", replicas=4,
+        traffic={"router": "replicas"}, canary={"steps": [{"weight": 25, "pause": "5s"}],
+                                                "analysis": analysis(prometheus, maxPredictionDrift=0.2)})
+    apply(control_plane, manifest)
+    wait_ready(kube, namespace, "fraud", operator=operator, version=v1)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=AlwaysOne(), registered_model_name=model_name,
+                                       pip_requirements=["mlflow", "numpy", "pandas"])
+    bad = str(info.registered_model_version)
+    serve(model_name, bad, "--drift-baseline", v1)
+    registry.set_alias(model_name, "champion", bad)
+    canary = wait_canary(kube, namespace, "fraud", "the canary Deployment",
+                         lambda s: (s.get("canary") or {}).get("version") == bad, operator)
+    assert canary
+    env = kube.get("apps/v1", "Deployment", namespace, "fraud-canary")["spec"]["template"]["spec"][  # type: ignore[index]
+        "containers"][0]["env"]
+    assert {"name": "MODELPILOT_DRIFT_BASELINE", "value": v1} in env, "its pods count into stable's bins"
+    obj = wait_canary(kube, namespace, "fraud", "the rollback",
+                      lambda s: (s.get("lastRollout") or {}).get("result") == "RolledBack", operator, timeout=120)
+    reason = obj["status"]["rejected"]["reason"]
+    assert obj["status"]["rejected"]["version"] == bad and "predictionDrift" in reason, obj["status"]
 
 
 # -- safety: restart, missing data, manual promote/abort --------------------------------------------

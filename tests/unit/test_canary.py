@@ -244,7 +244,10 @@ def test_removing_the_canary_section() -> None:
     pytest.param({"canary": {"steps": [{"weight": 5}], "analysis": {"maxErrorRate": 0.1}}},
                  "prometheusUrl", id="no-prometheus"),
     pytest.param({"canary": {"steps": [{"weight": 5}], "analysis": {"prometheusUrl": "http://p"}}},
-                 "maxErrorRate or maxP99LatencyMs", id="no-threshold"),
+                 "maxErrorRate, maxP99LatencyMs or maxPredictionDrift", id="no-threshold"),
+    pytest.param({"canary": {"steps": [{"weight": 5}], "analysis": {"prometheusUrl": "http://p",
+                                                                   "maxPredictionDrift": 0}}},
+                 "maxPredictionDrift must be above 0", id="drift-zero"),
     pytest.param({"canary": {"steps": [{"weight": 5}], "analysis": {"prometheusUrl": "http://p", "maxErrorRate": 2}}},
                  "share between 0 and 1", id="rate-above-one"),
     pytest.param({"canary": {"steps": [{"weight": 5}], "analysis": {
@@ -327,3 +330,27 @@ def test_odd_values_in_status_fall_back_to_defaults() -> None:
     state = CanaryState.from_status({"version": "2", "model": {"name": "m", "version": "2"}, "step": "three",
                                      "weight": True, "phase": 7, "analysis": "no"})
     assert state is not None and (state.step, state.weight, state.phase, state.analysis) == (1, 0, c.STARTING, None)
+
+
+@pytest.mark.parametrize(("drift", "outcome", "text"), [
+    pytest.param(0.05, "pass", "predictionDrift 0.050 (max 0.2)", id="alike"),
+    pytest.param(0.9, "fail", "predictionDrift 0.900 (max 0.2)", id="different"),
+    pytest.param(None, "inconclusive", "stable's run needs one with predictions", id="no-profile"),
+])
+def test_the_canarys_predictions_are_compared_with_stables(drift: float | None, outcome: str, text: str) -> None:
+    parsed = parse_spec({"model": {"uri": "models:/f@c"}, "canary": {
+        "steps": [{"weight": 5, "pause": "1m"}], "analysis": {"maxPredictionDrift": 0.2}}},
+        Settings(default_tracking_uri="http://m", default_prometheus_url="http://prom:9090"))
+    analysis = parsed.canary.analysis if parsed.canary else None
+    assert analysis is not None and analysis.max_prediction_drift == 0.2
+    asked: list[str] = []
+
+    async def query(promql: str) -> float | None:
+        asked.append(promql)
+        return drift if "modelpilot_prediction_bin_total" in promql else 100.0
+
+    variables = {"namespace": "n", "name": "f", "model": "m", "version": "3", "stableVersion": "2"}
+    verdict = asyncio.run(evaluate(analysis, variables, 60, query))
+    assert verdict.outcome == outcome and text in verdict.message, verdict
+    (psi,) = [q for q in asked if "prediction_bin" in q]
+    assert 'version="3",baseline="2"' in psi and 'version="2",baseline="2"' in psi and "[60s]" in psi

@@ -797,3 +797,19 @@ def test_bad_drift_settings_name_the_field(drift: Any, says: str) -> None:
         parse_spec({"model": {"uri": "models:/x@y"}, "monitoring": {"drift": drift}},
                    Settings(default_tracking_uri="http://mlflow:5000", default_prometheus_url="http://prom:9090"))
     assert says in str(caught.value)
+
+
+def test_a_canary_compared_on_predictions_counts_into_stables_bins(
+        world: Harness, prometheus: FakePrometheus) -> None:
+    world.apply(refreshInterval="5s", replicas=2, traffic={"router": "replicas"}, canary={
+        "steps": [{"weight": 50, "pause": "1m"}],
+        "analysis": {"maxPredictionDrift": 0.2, "prometheusUrl": prometheus.url}})
+    converge(world)
+    assert "MODELPILOT_DRIFT_BASELINE" not in _env(world), "stable counts into its own bins"
+    world.mlflow.set_alias("fraud", "champion", "2")
+    world.advance(6)
+    world.reconcile()
+    canary = world.kube.get("apps/v1", "Deployment", NS, "m-canary")
+    assert canary is not None
+    env = {e["name"]: e.get("value") for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELPILOT_DRIFT_BASELINE"] == "1" and env["MODELPILOT_MODEL_VERSION"] == "2"
