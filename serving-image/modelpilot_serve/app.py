@@ -105,7 +105,7 @@ class ScoringApp:
                                         settings.auth_api_keys_dir)
         self.payload_log = None if not settings.payload_log_url else payloadlog.PayloadLogger(
             settings.payload_log_url, settings.payload_log_sample_rate, settings.payload_log_queue, self.name,
-            self.version, settings.namespace, settings.track)
+            self.version, settings.namespace, settings.track, settings.payload_log_cpu_share)
         if isinstance(self.guard, auth.KubernetesAuth):
             self.guard.on_review = metrics.AUTH_REVIEWS.labels(self.name, self.version).inc
         labels = (self.name, self.version)

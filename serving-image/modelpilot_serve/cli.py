@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--payload-log-sample-rate must be between 0 and 1")
     if settings.payload_log_url and not settings.payload_log_url.startswith(("http://", "https://")):
         parser().error("--payload-log-url must be an http:// or https:// URL")
+    if not 0 < settings.payload_log_cpu_share <= 1:
+        parser().error("--payload-log-cpu-share must be above 0 and at most 1")
     if not settings.drift_window > 0:
         parser().error("--drift-window must be above 0 seconds")
     # Workers are separate processes built by the uvicorn factory: they read the same settings back

@@ -248,10 +248,29 @@ class Drift:
 @dataclass
 class _Slice:
     start: float
-    features: list[np.ndarray]
+    #: every feature's bins, one after the other (Monitor.offsets)
+    features: np.ndarray
     predictions: np.ndarray | None
     rows: int = 0
     predicted_rows: int = 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one column set is counted: where each profiled feature is, and the numeric ones counted together."""
+
+    positions: list[int | None]
+    #: numeric features present: their columns, their edges (padded with +inf), edge counts, bin offsets
+    columns: np.ndarray
+    edges: np.ndarray
+    n_edges: np.ndarray
+    offsets: np.ndarray
+    missing: np.ndarray
+
+
+#: Above this many comparisons a batch's numeric features are binned one by one (searchsorted) instead of
+#: in one broadcast comparison (which is cheaper for the small batches of online traffic).
+BROADCAST_LIMIT = 2_000_000
 
 
 class Monitor:
@@ -266,15 +285,16 @@ class Monitor:
         self._slices: deque[_Slice] = deque()
         self._lock = threading.Lock()
         self._warned = False
-        #: each column set seen: the position of every profiled feature in it (None: absent)
-        self._positions: dict[tuple[Any, ...], list[int | None]] = {}
-        self._any_numeric = any(h.kind == "numeric" for h in profile.features)
+        sizes = [h.size for h in profile.features]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        #: each column set seen: how it is counted
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         #: column sets whose frames did not convert to one float array (not tried again)
         self._mixed: set[tuple[Any, ...]] = set()
 
     def _empty(self, start: float) -> _Slice:
         preds = self.profile.predictions
-        return _Slice(start, [np.zeros(h.size, dtype=np.int64) for h in self.profile.features],
+        return _Slice(start, np.zeros(int(self.offsets[-1]), dtype=np.int64),
                       None if preds is None else np.zeros(preds.size, dtype=np.int64))
 
     def observe(self, data: Any, predictions: Any) -> None:
@@ -300,38 +320,66 @@ class Monitor:
             if not self._slices or now - self._slices[-1].start >= self.slice_seconds:
                 self._slices.append(self._empty(now))
             current = self._slices[-1]
-            for total, add in zip(current.features, counts, strict=True):
-                total += add
+            current.features += counts
             current.rows += len(data)
             if pred_counts is not None and current.predictions is not None:
                 current.predictions += pred_counts
                 current.predicted_rows += len(data)
 
-    def _count_features(self, data: pd.DataFrame) -> list[np.ndarray]:
-        """Each feature's counts. The usual frame of numbers becomes one float array in one call and numeric
-        features are counted from its columns: per-column pandas access costs more than the counting."""
-        columns = tuple(data.columns)
-        positions = self._positions.get(columns)
-        if positions is None:
+    def _plan(self, columns: tuple[Any, ...]) -> _Plan:
+        plan = self._plans.get(columns)
+        if plan is None:
             index = {c: i for i, c in enumerate(columns)}
-            positions = self._positions[columns] = [index.get(h.name) for h in self.profile.features]
-            if len(self._positions) > 64:  # clients sending ever new column sets: forget, never grow
-                self._positions = {columns: positions}
+            positions = [index.get(h.name) for h in self.profile.features]
+            numeric = [k for k, h in enumerate(self.profile.features)
+                       if h.kind == "numeric" and positions[k] is not None]
+            width = max((len(self.profile.features[k].edges) for k in numeric), default=0)
+            edges = np.full((len(numeric), width), np.inf)
+            for row, k in enumerate(numeric):
+                found = self.profile.features[k].edges
+                edges[row, :len(found)] = found
+            plan = _Plan(positions, np.array([positions[k] for k in numeric], dtype=np.int64), edges,
+                         np.array([len(self.profile.features[k].edges) for k in numeric], dtype=np.int64),
+                         self.offsets[numeric] if numeric else np.empty(0, dtype=np.int64),
+                         (self.offsets[1:] - 1)[numeric] if numeric else np.empty(0, dtype=np.int64))
+            if len(self._plans) >= 64:  # clients sending ever new column sets: forget, never grow
+                self._plans.clear()
+            self._plans[columns] = plan
+        return plan
+
+    def _count_features(self, data: pd.DataFrame) -> np.ndarray:
+        """Every feature's counts, flat. The usual frame of numbers becomes one float array in one call and
+        its numeric features are binned together: per-column pandas access costs more than the counting."""
+        columns = tuple(data.columns)
+        plan = self._plan(columns)
         block = None
-        if self._any_numeric and columns not in self._mixed:
+        if len(plan.columns) and columns not in self._mixed:
             try:
                 block = data.to_numpy(dtype=np.float64)
             except (TypeError, ValueError):  # strings among the columns: numeric features one by one
                 if len(self._mixed) < 64:
                     self._mixed.add(columns)
-        counts = []
-        for hist, pos in zip(self.profile.features, positions, strict=True):
+        counts = np.zeros(int(self.offsets[-1]), dtype=np.int64)
+        rows = len(data)
+        for k, (hist, pos) in enumerate(zip(self.profile.features, plan.positions, strict=True)):
+            start, end = int(self.offsets[k]), int(self.offsets[k + 1])
             if pos is None:
-                counts.append(_all_missing(hist, len(data)))
-            elif block is not None and hist.kind == "numeric":
-                counts.append(hist.count(block[:, pos]))
+                counts[end - 1] += rows  # the column is not there: all missing
+            elif block is None or hist.kind != "numeric":
+                counts[start:end] += hist.count(data.iloc[:, pos])
+        if block is not None:
+            values = block[:, plan.columns]
+            if values.size * max(plan.edges.shape[1], 1) <= BROADCAST_LIMIT:
+                # searchsorted(edges, v, side="right") for every value at once: how many edges are <= v
+                bins = np.minimum((plan.edges[None, :, :] <= values[:, :, None]).sum(axis=2), plan.n_edges)
+                flat = np.where(np.isnan(values), plan.missing, plan.offsets + bins)
+                counts += np.bincount(flat.ravel(), minlength=len(counts))
             else:
-                counts.append(hist.count(data.iloc[:, pos]))
+                numeric = [k for k, h in enumerate(self.profile.features)
+                           if h.kind == "numeric" and plan.positions[k] is not None]
+                for j, k in enumerate(numeric):
+                    counts[int(self.offsets[k]):int(self.offsets[k + 1])] += \
+                        self.profile.features[k].count(values[:, j])
         return counts
 
     def _expire(self, now: float) -> None:
@@ -343,14 +391,13 @@ class Monitor:
             self._expire(self.clock())
             total = self._empty(0.0)
             for part in self._slices:
-                for acc, add in zip(total.features, part.features, strict=True):
-                    acc += add
+                total.features += part.features
                 if part.predictions is not None and total.predictions is not None:
                     total.predictions += part.predictions
                 total.rows += part.rows
                 total.predicted_rows += part.predicted_rows
-        features = ({h.name: psi(h.reference, counts) for h, counts in zip(self.profile.features, total.features,
-                                                                           strict=True)} if total.rows else {})
+        features = {h.name: psi(h.reference, total.features[int(self.offsets[k]):int(self.offsets[k + 1])])
+                    for k, h in enumerate(self.profile.features)} if total.rows else {}
         preds = self.profile.predictions
         prediction = (psi(preds.reference, total.predictions)
                       if preds is not None and total.predictions is not None and total.predicted_rows else None)

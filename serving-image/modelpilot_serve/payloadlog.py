@@ -11,8 +11,11 @@ and `ce-endpoint`. modelpilot adds `ce-modelversion`, and on the response `ce-st
 The event loop only samples and appends to a bounded queue (microseconds). One sender thread per
 worker sends the events in order over a kept-alive connection (sinkconn.py: a few tens of µs of CPU
 per POST, where a general HTTP client costs several times that on the GIL the predictions share).
-When the queue is full (a slow or absent sink) an exchange is dropped and counted, and a failed send
-is counted too: predictions never wait for the sink.
+The sender keeps to a CPU budget (`cpu_share` of one core, measured as its own thread's CPU time):
+past it, it pauses, its queue fills and further exchanges are dropped. When the queue is full (a slow
+or absent sink, or more traffic than the budget sends) an exchange is dropped and counted, and a
+failed send is counted too: predictions never wait for the sink, and the log never takes more than
+its share of the process from them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import logging
 import queue
 import random
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -51,9 +56,10 @@ class Exchange:
 
 class PayloadLogger:
     def __init__(self, url: str, sample_rate: float, capacity: int, model: str, version: str, namespace: str,
-                 track: str) -> None:
+                 track: str, cpu_share: float = 0.05) -> None:
         self.url = url
         self.sample_rate = sample_rate
+        self.cpu_share = min(max(cpu_share, 1e-4), 1.0)
         self.model, self.version, self.namespace, self.track = model, version, namespace, track
         self._queue: queue.Queue[Exchange | None] = queue.Queue(maxsize=max(1, capacity))
         self._sink = SinkConnection(url, SEND_TIMEOUT_SECONDS)
@@ -83,10 +89,13 @@ class PayloadLogger:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        budget = Budget(self.cpu_share)
         while True:
             exchange = self._queue.get()
             if exchange is None:
                 return
+            budget.wait()
+            started = time.thread_time()
             try:
                 self._post(exchange, REQUEST_TYPE, exchange.request, exchange.request_type, {})
                 self._post(exchange, RESPONSE_TYPE, exchange.response, "application/json",
@@ -95,6 +104,7 @@ class PayloadLogger:
             except Exception as exc:  # the sink's trouble is counted and logged, never raised
                 self._dropped["send_failed"].inc()
                 log.warning("Payload log: sending to the sink failed (%s)", type(exc).__name__)
+            budget.spend(time.thread_time() - started)
 
     def _post(self, exchange: Exchange, type_: str, body: bytes, content_type: str, extra: dict[str, str]) -> None:
         headers = {
@@ -107,6 +117,30 @@ class PayloadLogger:
         status = self._sink.post(headers, body)
         if status >= 300:
             raise RuntimeError(f"HTTP {status}")
+
+
+class Budget:
+    """A token bucket of CPU seconds: `share` of one core accrues with wall time, up to one second's worth;
+    `wait` sleeps while it is overdrawn."""
+
+    def __init__(self, share: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.share, self.clock, self.sleep = share, clock, sleep
+        self.tokens, self.last = share, clock()
+
+    def _accrue(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.share, self.tokens + self.share * (now - self.last))
+        self.last = now
+
+    def wait(self) -> None:
+        self._accrue()
+        if self.tokens < 0:
+            self.sleep(-self.tokens / self.share)
+            self._accrue()
+
+    def spend(self, cpu_seconds: float) -> None:
+        self.tokens -= cpu_seconds
 
 
 def request_id(header: str | None) -> str:

@@ -41,6 +41,7 @@ class ServeSettings:
     payload_log_url: str = ""
     payload_log_sample_rate: float = 1.0
     payload_log_queue: int = 1000
+    payload_log_cpu_share: float = 0.05
     #: Where this server runs, for the payload log's events: the namespace and the track (stable, canary).
     namespace: str = ""
     track: str = ""
@@ -168,6 +169,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-baseline-profile", default=_default("drift_baseline_profile"),
                    help="the baseline's profile as a file or artifact URI, instead of its run's "
                         "[MODELPILOT_DRIFT_BASELINE_PROFILE]")
+    p.add_argument("--payload-log-cpu-share", type=float, default=_default("payload_log_cpu_share"),
+                   help="most CPU the payload log's sender takes, as a share of one core (its thread's CPU "
+                        "time); past it the queue fills and exchanges are dropped and counted "
+                        "[MODELPILOT_PAYLOAD_LOG_CPU_SHARE]")
     p.add_argument("--namespace", default=_default("namespace"), help="[MODELPILOT_NAMESPACE]")
     p.add_argument("--track", default=_default("track"), help="stable or canary [MODELPILOT_TRACK]")
     p.add_argument("--log-level", default=_default("log_level"),

@@ -140,3 +140,44 @@ def test_a_sink_that_is_down_or_slow_never_touches_predictions_and_drops_are_cou
     finally:
         if slow:
             slow.stop()
+
+
+def test_past_its_cpu_share_the_sender_pauses_and_the_rest_is_dropped_and_counted(
+        start_server: StartServer, model_dirs: dict[str, Path], sink: Sink) -> None:
+    """A sender that keeps up with any traffic takes the GIL from the predictions: it keeps to its budget."""
+    server = start(start_server, model_dirs["sklearn"], sink.url, "--payload-log-cpu-share", "0.001",
+                   "--payload-log-queue", "5")
+
+    def call(i: int) -> int:
+        return requests.post(server.url + "/invocations", data=body(i), timeout=10,
+                             headers={"Content-Type": "application/json"}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(call, range(400))) == [200] * 400
+    wait_for(lambda: (metric(server, "modelpilot_payload_log_sent_total")
+                      + metric(server, "modelpilot_payload_log_dropped_total")) == 400, 30, "every exchange accounted")
+    sent = metric(server, "modelpilot_payload_log_sent_total")
+    assert 0 < sent < 200, sent  # 1 ms of CPU a second sends a few dozen; the queue of 5 drops the rest
+    assert metric(server, "modelpilot_payload_log_dropped_total", 'reason="queue_full"') == 400 - sent
+
+
+def test_the_budget_sleeps_off_what_was_overdrawn() -> None:
+    from modelpilot_serve.payloadlog import Budget
+
+    now, slept = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    budget = Budget(0.05, clock=lambda: now[0], sleep=sleep)
+    budget.wait()
+    budget.spend(0.04)
+    budget.wait()
+    assert slept == [], "one second's worth may be spent at once"
+    budget.spend(0.03)  # 0.02 overdrawn: 0.4 s at 5 % of a core
+    budget.wait()
+    assert slept == [pytest.approx(0.4)]
+    now[0] += 100
+    budget.wait()
+    assert budget.tokens == pytest.approx(0.05), "never more than one second's worth"

@@ -145,3 +145,24 @@ def test_a_frame_of_numbers_and_a_mixed_frame_count_the_same_as_column_by_column
                                                   np.eye(h.size, dtype=np.int64)[-1] * len(data)))
                     for h in profile.features}
         assert monitor.measure().features == pytest.approx(expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.none()),
+                          st.floats(allow_nan=True, allow_infinity=True, width=32)), min_size=1, max_size=40),
+       st.booleans())
+def test_numbers_binned_together_fall_where_searchsorted_puts_them(
+        rows: list[tuple[float | None, float]], one_by_one: bool) -> None:
+    import modelpilot_serve.drift as drift
+
+    profile = build_profile(pd.DataFrame({"a": np.linspace(-5, 5, 50), "b": [0.0, 1.0] * 25, "c": ["x"] * 50}))
+    data = pd.DataFrame(rows, columns=["a", "b"], dtype="float64")
+    limit = drift.BROADCAST_LIMIT
+    drift.BROADCAST_LIMIT = 0 if one_by_one else limit  # the per-feature path of large batches
+    try:
+        counts = Monitor(profile, 60)._count_features(data)
+    finally:
+        drift.BROADCAST_LIMIT = limit
+    a, b, c = profile.features
+    expected = np.concatenate([a.count(data["a"]), b.count(data["b"]), np.eye(c.size, dtype=np.int64)[-1] * len(data)])
+    assert counts.tolist() == expected.tolist()
