@@ -65,6 +65,7 @@ test: venv binaries system-packages images lint ## the whole test suite, against
 MLSERVER_VENV := .bench/mlserver-venv
 bench: venv ## modelpilot-serve vs `mlflow models serve` vs MLServer, side by side (prints one table)
 	@command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	@command -v nginx >/dev/null || command -v /usr/sbin/nginx >/dev/null || apt-get install -y -q nginx-light
 	@test -x $(MLSERVER_VENV)/bin/mlserver || (python3 -m venv $(MLSERVER_VENV) && \
 	  $(MLSERVER_VENV)/bin/pip install -q "mlserver==1.7.1" "mlserver-mlflow==1.7.1" \
 	  "scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')" \

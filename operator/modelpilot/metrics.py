@@ -17,6 +17,8 @@ ROLLBACKS = Counter("modelpilot_rollbacks_total", "Canary versions rolled back (
                     "or aborted)")
 PROMOTIONS = Counter("modelpilot_promotions_total", "Canary versions promoted to stable")
 ANALYSES = Counter("modelpilot_canary_analyses_total", "Canary analyses run, by outcome", ["outcome"])
+for _outcome in ("pass", "fail", "inconclusive"):  # every outcome's series from the start: dashboards show 0
+    ANALYSES.labels(outcome=_outcome)
 API_REQUESTS = Counter("modelpilot_api_requests_total",
                        "Requests the operator's reconciles sent to the Kubernetes API server, by HTTP verb "
                        "(PATCH, POST and DELETE are writes; none are expected while nothing changes)", ["verb"])

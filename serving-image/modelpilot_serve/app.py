@@ -292,9 +292,10 @@ class ScoringApp:
             self._in_flight.dec()
             self._observe(endpoint, status, started)
         if self.payload_log is not None and call.body and self.payload_log.sampled():
-            self.payload_log.offer(payloadlog.Exchange(
+            latency_ms = (time.perf_counter() - started) * 1000
+            self.payload_log.offer(lambda: payloadlog.Exchange(
                 payloadlog.request_id(_header(scope, b"x-request-id")), endpoint, call.body, call.content_type,
-                answer, status, (time.perf_counter() - started) * 1000, payloadlog.now()))
+                answer, status, latency_ms, payloadlog.now()))
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def produce(call: Call) -> bytes:

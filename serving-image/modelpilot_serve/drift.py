@@ -260,6 +260,10 @@ class _Plan:
     """How one column set is counted: where each profiled feature is, and the numeric ones counted together."""
 
     positions: list[int | None]
+    #: features counted column by column: (their index, first bin, end bin, column position)
+    one_by_one: list[tuple[int, int, int, int]]
+    #: the missing bins of features whose column is absent
+    absent: np.ndarray
     #: numeric features present: their columns, their edges (padded with +inf), edge counts, bin offsets
     columns: np.ndarray
     edges: np.ndarray
@@ -338,7 +342,12 @@ class Monitor:
             for row, k in enumerate(numeric):
                 found = self.profile.features[k].edges
                 edges[row, :len(found)] = found
-            plan = _Plan(positions, np.array([positions[k] for k in numeric], dtype=np.int64), edges,
+            one_by_one = [(k, int(self.offsets[k]), int(self.offsets[k + 1]), pos)
+                          for k, pos in enumerate(positions) if pos is not None and k not in numeric]
+            absent = np.array([int(self.offsets[k + 1]) - 1 for k, pos in enumerate(positions) if pos is None],
+                              dtype=np.int64)
+            plan = _Plan(positions, one_by_one, absent, np.array([positions[k] for k in numeric], dtype=np.int64),
+                         edges,
                          np.array([len(self.profile.features[k].edges) for k in numeric], dtype=np.int64),
                          self.offsets[numeric] if numeric else np.empty(0, dtype=np.int64),
                          (self.offsets[1:] - 1)[numeric] if numeric else np.empty(0, dtype=np.int64))
@@ -360,14 +369,15 @@ class Monitor:
                 if len(self._mixed) < 64:
                     self._mixed.add(columns)
         counts = np.zeros(int(self.offsets[-1]), dtype=np.int64)
-        rows = len(data)
-        for k, (hist, pos) in enumerate(zip(self.profile.features, plan.positions, strict=True)):
-            start, end = int(self.offsets[k]), int(self.offsets[k + 1])
-            if pos is None:
-                counts[end - 1] += rows  # the column is not there: all missing
-            elif block is None or hist.kind != "numeric":
-                counts[start:end] += hist.count(data.iloc[:, pos])
-        if block is not None:
+        counts[plan.absent] = len(data)  # the column is not there: all missing
+        features = self.profile.features
+        for k, start, end, pos in plan.one_by_one:
+            counts[start:end] += features[k].count(data.iloc[:, pos])
+        if block is None:  # (no float array: the numeric features column by column too)
+            for k, where in enumerate(plan.positions):
+                if where is not None and features[k].kind == "numeric":
+                    counts[int(self.offsets[k]):int(self.offsets[k + 1])] += features[k].count(data.iloc[:, where])
+        else:
             values = block[:, plan.columns]
             if values.size * max(plan.edges.shape[1], 1) <= BROADCAST_LIMIT:
                 # searchsorted(edges, v, side="right") for every value at once: how many edges are <= v

@@ -73,11 +73,15 @@ class PayloadLogger:
     def sampled(self) -> bool:
         return self.sample_rate >= 1 or random.random() < self.sample_rate
 
-    def offer(self, exchange: Exchange) -> None:
-        """Queue an exchange for the sink, or drop it (counted) when the queue is full. Never blocks."""
+    def offer(self, make: Callable[[], Exchange]) -> None:
+        """Queue the exchange `make` builds for the sink, or drop it (counted) when the queue is full: then it
+        is not even built (ids, timestamps). Never blocks."""
+        if self._queue.full():
+            self._dropped["queue_full"].inc()
+            return
         try:
-            self._queue.put_nowait(exchange)
-        except queue.Full:
+            self._queue.put_nowait(make())
+        except queue.Full:  # filled meanwhile by another thread (none today: the event loop offers)
             self._dropped["queue_full"].inc()
 
     def close(self, timeout: float = 5.0) -> None:

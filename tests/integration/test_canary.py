@@ -614,25 +614,77 @@ def test_the_served_versions_drift_is_measured_against_its_reference_profile_and
     reapply(control_plane, manifest)
     alert = wait_for(drifting("DriftAlert"), 60, f"Drifting=True\n{operator.logs(40)}")
     assert alert["status"] == "True" and "feature f2 PSI" in alert["message"], alert
+    wide = control_plane.kubectl("get", "modeldeployment", "m", "-n", namespace, "-o", "wide").stdout
+    print(f"\n{wide}")
+    assert "DRIFT" in wide.splitlines()[0] and "DriftAlert" in wide, wide
     assert [e for e in wait_event(kube, namespace, "m", "DriftAlert", "Warning") if e["reason"] == "DriftAlert"]
 
 
-def test_every_query_of_the_grafana_dashboard_is_valid_promql_for_the_real_prometheus(
-        prometheus: PrometheusServer) -> None:
+def test_every_panel_of_the_grafana_dashboard_shows_data_from_real_servers_and_the_real_operator(
+        control_plane: ControlPlane, kube: Kube, operator: Operator, registry: Registry, namespace: str,
+        model_name: str, prometheus: PrometheusServer, serve: Callable[..., ScoringServer]) -> None:
+    """Every query of every panel (and of the variables) parses in the real Prometheus and returns series, once
+    real scoring servers (stable with a reference profile, a manual canary) and the operator are scraped."""
     import urllib.error
     import urllib.parse
     import urllib.request
 
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from modelpilot.monitoring import log_reference
     from tests.chart.test_chart import dashboard_queries
 
-    dashboard = json.loads((REPO / "charts" / "modelpilot" / "files" / "grafana-dashboard.json").read_text())
-    grafana = {"$namespace": ".*", "$model": ".*", "$version": ".*", "$__rate_interval": "1m"}
-    for expr in dashboard_queries(dashboard):
-        for variable, value in grafana.items():
-            expr = expr.replace(variable, value)
-        url = f"{prometheus.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    v1 = registry.register(model_name, alias="champion", seed=0)
+    columns = [f"f{i}" for i in range(FEATURES)]
+    training = pd.DataFrame(np.random.default_rng(0).normal(size=(1000, FEATURES)), columns=columns)
+    mlflow.set_tracking_uri(registry.url)
+    log_reference(training, registry.client().get_model_version(model_name, v1).run_id,
+                  predictions=mlflow.pyfunc.load_model(f"models:/{model_name}/{v1}").predict(training))
+    v2 = registry.register(model_name, alias="challenger", seed=1)
+    serve(model_name, v1)
+    serve(model_name, v2)
+    prometheus.add_target("operator", f"127.0.0.1:{operator.metrics_port}", {})
+    try:
+        apply(control_plane, mdep_manifest(
+            "m", namespace, f"models:/{model_name}@champion", traffic={"router": "replicas"}, replicas=4,
+            canary={"model": {"uri": f"models:/{model_name}@challenger"}, "weight": 25},
+            monitoring={"maxModelAge": "30d", "latency": {"p99Ms": 500, "prometheusUrl": prometheus.url}}))
+        wait_canary(kube, namespace, "m", "the manual canary to run",
+                    lambda s: (s.get("canary") or {}).get("version") == v2, operator)
+
+        dashboard = json.loads((REPO / "charts" / "modelpilot" / "files" / "grafana-dashboard.json").read_text())
+        grafana = {"$namespace": namespace, "$model": model_name, "$version": ".*", "$__rate_interval": "1m"}
+        queries = []
+        for expr in dashboard_queries(dashboard):
+            for variable, value in grafana.items():
+                expr = expr.replace(variable, value)
+            queries.append(expr)
+
+        def empty() -> list[str]:
+            found = []
+            for expr in queries:
+                url = f"{prometheus.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as resp:
+                        answer = json.loads(resp.read())
+                except urllib.error.HTTPError as exc:
+                    raise AssertionError(f"{expr}: {exc.read().decode()}") from None
+                assert answer["status"] == "success", expr
+                if not answer["data"]["result"]:
+                    found.append(expr)
+            return found
+
+        left: list[str] = []
+
+        def all_answered() -> bool:
+            left[:] = empty()
+            return not left
+
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                assert json.loads(resp.read())["status"] == "success", expr
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{expr}: {exc.read().decode()}") from None
+            wait_for(all_answered, 90, "every dashboard query to return series")
+        except TimeoutError:
+            raise AssertionError("queries that returned nothing:\n" + "\n".join(left)) from None
+    finally:
+        prometheus.remove_target("operator")
