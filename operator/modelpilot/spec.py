@@ -223,6 +223,10 @@ def parse_spec(spec: dict[str, Any], settings: Settings) -> DeploymentSpec:
 
     traffic = _traffic(spec.get("traffic"))
     canary = _canary(spec.get("canary"), traffic, settings)
+    if (canary is not None and canary.model is not None and canary.model.name != ref.name
+            and canary.analysis is not None and canary.analysis.max_prediction_drift is not None):
+        raise InvalidSpec("spec.canary.analysis.maxPredictionDrift compares versions of one registered model: "
+                          f"spec.canary.model.uri names {canary.model.name!r}, spec.model.uri {ref.name!r}")
     auth = _auth(spec.get("auth"))
     pod = parse_pod_template(spec.get("podTemplate"), runtime_raw, auth.mode, settings)
     replicas = integer(spec.get("replicas"), "spec.replicas", 1)

@@ -248,6 +248,9 @@ def test_removing_the_canary_section() -> None:
     pytest.param({"canary": {"steps": [{"weight": 5}], "analysis": {"prometheusUrl": "http://p",
                                                                    "maxPredictionDrift": 0}}},
                  "maxPredictionDrift must be above 0", id="drift-zero"),
+    pytest.param({"canary": {"model": {"uri": "models:/other@challenger"}, "steps": [{"weight": 5}],
+                             "analysis": {"prometheusUrl": "http://p", "maxPredictionDrift": 0.2}}},
+                 "compares versions of one registered model", id="drift-other-model"),
     pytest.param({"canary": {"steps": [{"weight": 5}], "analysis": {"prometheusUrl": "http://p", "maxErrorRate": 2}}},
                  "share between 0 and 1", id="rate-above-one"),
     pytest.param({"canary": {"steps": [{"weight": 5}], "analysis": {
