@@ -369,33 +369,27 @@ def format_age(seconds: float) -> str:
     return f"{max(seconds, 0):.0f}s"
 
 
+_OPPOSITE = {"True": "False", "False": "True"}
+
+
 def _condition_events(old: dict[str, Any], conditions: list[dict[str, Any]]) -> list[Event]:
     """A Warning when resolution starts failing (or fails differently), Normal when it recovers, and a
     Warning when Ready turns to a conflict or a refused write (again when the message changes)."""
     events: list[Event] = []
     before = {c.get("type"): c for c in old.get("conditions") or []}
     after = {c["type"]: c for c in conditions}
-    was, now = before.get(MODEL_RESOLVED) or {}, after.get(MODEL_RESOLVED)
-    if now is not None and now["status"] == "False" and (was.get("status") != "False"
-                                                         or was.get("reason") != now["reason"]):
-        events.append(("Warning", now["reason"], now["message"]))
-    elif now is not None and now["status"] == "True" and was.get("status") == "False":
-        events.append(("Normal", "Recovered", now["message"]))
-    was, now = before.get(LATENCY_WITHIN_THRESHOLD) or {}, after.get(LATENCY_WITHIN_THRESHOLD)
-    if now is not None and now["status"] == "False" and was.get("status") != "False":
-        events.append(("Warning", now["reason"], now["message"]))
-    elif now is not None and now["status"] == "True" and was.get("status") == "False":
-        events.append(("Normal", "LatencyRecovered", now["message"]))
-    was, now = before.get(DRIFTING) or {}, after.get(DRIFTING)
-    if now is not None and now["status"] == "True" and (was.get("status") != "True"
-                                                        or was.get("reason") != now["reason"]):
-        events.append(("Warning", now["reason"], now["message"]))
-    elif now is not None and now["status"] == "False" and was.get("status") == "True":
-        events.append(("Normal", "DriftRecovered", now["message"]))
-    was, now = before.get(STALE) or {}, after.get(STALE)
-    if now is not None and now["status"] == "True" and (was.get("status") != "True"
-                                                        or was.get("message") != now["message"]):
-        events.append(("Warning", now["reason"], now["message"]))
+    # (condition, the status that is bad news, what else re-announces it, the Normal reason when it clears)
+    for type_, bad, again, recovered in ((MODEL_RESOLVED, "False", "reason", "Recovered"),
+                                         (LATENCY_WITHIN_THRESHOLD, "False", None, "LatencyRecovered"),
+                                         (DRIFTING, "True", "reason", "DriftRecovered"),
+                                         (STALE, "True", "message", None)):
+        was, now = before.get(type_) or {}, after.get(type_)
+        if now is None:
+            continue
+        if now["status"] == bad and (was.get("status") != bad or (again and was.get(again) != now[again])):
+            events.append(("Warning", now["reason"], now["message"]))
+        elif recovered and now["status"] == _OPPOSITE[bad] and was.get("status") == bad:
+            events.append(("Normal", recovered, now["message"]))
     was, now = before.get(READY) or {}, after.get(READY)
     if now is not None and now["reason"] in ("NameConflict", "ApplyFailed") and (
             was.get("reason") != now["reason"] or was.get("message") != now["message"]):
