@@ -109,6 +109,11 @@ class PeriodicChecks(Generic[C]):
         self.outbound.submit((self.kind, key), prometheus.origin, self.settings.prometheus_timeout_seconds,
                              call, answered)
 
+    def pending(self, key: Key) -> bool:
+        """Whether a check of `key` has been asked and not answered yet."""
+        with self._lock:
+            return key in self._asked
+
     def forget(self, key: Key) -> None:
         with self._lock:
             self._last.pop(key, None)

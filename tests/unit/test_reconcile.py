@@ -18,6 +18,7 @@ import prometheus_client
 import pytest
 
 from hack.proc import wait_for
+from modelpilot.checks import PeriodicChecks
 from modelpilot.config import Settings
 from modelpilot.names import Owner
 from modelpilot.reconciler import CONFLICT_RETRY_SECONDS
@@ -654,12 +655,17 @@ def prometheus() -> Iterator[FakePrometheus]:
     fake.server.shutdown()
 
 
-def _judged(world: Harness) -> dict[str, Any]:
-    """Reconcile until the check's answer is in (it runs in the background and re-enqueues the object)."""
+def _answered(world: Harness, checks: PeriodicChecks[Any]) -> None:
+    """Reconcile until the check's answer is in (it runs in the background and re-enqueues the object).
+    Other answers (a due alias refresh) enqueue the object too, so wait for this check's own."""
     world.reconcile()
-    wait_for(lambda: world.enqueued, 10, "the Prometheus answer")
+    wait_for(lambda: not checks.pending((NS, "m")), 10, "the Prometheus answer")
     world.enqueued.clear()
     world.reconcile()
+
+
+def _judged(world: Harness) -> dict[str, Any]:
+    _answered(world, world.reconciler.thresholds)
     return world.condition("LatencyWithinThreshold")
 
 
@@ -728,10 +734,7 @@ def test_bad_latency_thresholds_name_the_field(latency: dict[str, Any], says: st
 # -- data drift of the served version -----------------------------------------------------------------------------
 def _drifting(world: Harness) -> dict[str, Any]:
     world.advance(61)
-    world.reconcile()
-    wait_for(lambda: world.enqueued, 10, "the Prometheus answer")
-    world.enqueued.clear()
-    world.reconcile()
+    _answered(world, world.reconciler.drift)
     return world.condition("Drifting")
 
 
