@@ -301,10 +301,12 @@ class Monitor:
         return _Slice(start, np.zeros(int(self.offsets[-1]), dtype=np.int64),
                       None if preds is None else np.zeros(preds.size, dtype=np.int64))
 
-    def observe(self, data: Any, predictions: Any) -> None:
-        """Count one predicted batch. Never raises: drift is measured beside predictions, never in their way."""
+    def observe(self, data: Any, predictions: Any) -> Any:
+        """Count one predicted batch; returns the predictions' counts in the profile's bins (None when not
+        counted), for whoever counts into the same bins. Never raises: drift is measured beside predictions,
+        never in their way."""
         if not isinstance(data, pd.DataFrame) or not len(data):
-            return
+            return None
         try:
             counts = self._count_features(data)
             pred_counts = None
@@ -317,7 +319,7 @@ class Monitor:
                 self._warned = True
                 log.warning("Drift: could not count a batch (%s: %s); such batches are left out",
                             type(exc).__name__, exc)
-            return
+            return None
         now = self.clock()
         with self._lock:
             self._expire(now)
@@ -329,6 +331,7 @@ class Monitor:
             if pred_counts is not None and current.predictions is not None:
                 current.predictions += pred_counts
                 current.predicted_rows += len(data)
+        return pred_counts
 
     def _plan(self, columns: tuple[Any, ...]) -> _Plan:
         plan = self._plans.get(columns)

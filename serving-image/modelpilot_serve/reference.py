@@ -117,6 +117,10 @@ class PredictionBins:
             counts = self.hist.count(column)
         except Exception:  # never in the predictions' way (the monitor logs odd batches)
             return
+        self.add(counts)
+
+    def add(self, counts: Any) -> None:
+        """Add counts already made in these bins."""
         for counter, n in zip(self.counters, counts, strict=True):
             if n:
                 counter.inc(int(n))
@@ -130,10 +134,12 @@ class Observers:
     bins: PredictionBins | None = None
 
     def observe(self, data: Any, predictions: Any) -> None:
-        if self.monitor is not None:
-            self.monitor.observe(data, predictions)
+        counted = self.monitor.observe(data, predictions) if self.monitor is not None else None
         if self.bins is not None:
-            self.bins.observe(predictions)
+            if counted is not None and self.monitor is not None and self.bins.hist is self.monitor.profile.predictions:
+                self.bins.add(counted)  # the baseline is this version: its bins are counted already
+            else:
+                self.bins.observe(predictions)
 
 
 def load(settings: ServeSettings, name: str, version: str) -> Observers:
