@@ -162,6 +162,8 @@ class ScoringApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 loop = asyncio.get_running_loop()
+                if self.payload_log is not None:
+                    self.payload_log.start()
                 threading.Thread(target=self._load, args=(loop,), name="model-loader", daemon=True).start()
                 health_dir = os.environ.get("MODELPILOT_HEALTH_DIR")
                 if health_dir:
@@ -177,7 +179,7 @@ class ScoringApp:
                 if self.batcher is not None:
                     await self.batcher.stop()
                 if self.payload_log is not None:  # what is queued goes out, within a few seconds
-                    await asyncio.get_running_loop().run_in_executor(None, self.payload_log.close)
+                    await self.payload_log.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -41,7 +41,7 @@ class ServeSettings:
     payload_log_url: str = ""
     payload_log_sample_rate: float = 1.0
     payload_log_queue: int = 1000
-    payload_log_cpu_share: float = 0.05
+    payload_log_cpu_share: float = 0.03
     #: Where this server runs, for the payload log's events: the namespace and the track (stable, canary).
     namespace: str = ""
     track: str = ""
@@ -154,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--payload-log-sample-rate", type=float, default=_default("payload_log_sample_rate"),
                    help="share of requests logged, 0 to 1 [MODELPILOT_PAYLOAD_LOG_SAMPLE_RATE]")
     p.add_argument("--payload-log-queue", type=int, default=_default("payload_log_queue"),
-                   help="requests waiting for the sink, per worker; past it they are dropped and counted "
+                   help="requests on their way to the sink (queued, in the pipe or in the sender process), "
+                        "per worker; past it they are dropped and counted "
                         "[MODELPILOT_PAYLOAD_LOG_QUEUE]")
     p.add_argument("--drift-profile", default=_default("drift_profile"),
                    help="data drift's reference profile: a file or an MLflow artifact URI; empty: the artifact "
@@ -170,8 +171,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the baseline's profile as a file or artifact URI, instead of its run's "
                         "[MODELPILOT_DRIFT_BASELINE_PROFILE]")
     p.add_argument("--payload-log-cpu-share", type=float, default=_default("payload_log_cpu_share"),
-                   help="most CPU the payload log's sender takes, as a share of one core (its thread's CPU "
-                        "time); past it the queue fills and exchanges are dropped and counted "
+                   help="most CPU the payload log's sender process takes, as a share of one core; past it "
+                        "the queue fills and exchanges are dropped and counted "
                         "[MODELPILOT_PAYLOAD_LOG_CPU_SHARE]")
     p.add_argument("--namespace", default=_default("namespace"), help="[MODELPILOT_NAMESPACE]")
     p.add_argument("--track", default=_default("track"), help="stable or canary [MODELPILOT_TRACK]")

@@ -44,20 +44,35 @@ class SinkConnection:
 
     def post(self, headers: dict[str, str], body: bytes) -> int:
         """POST and return the answer's status; raises OSError or SinkError (the connection is then closed)."""
-        head = [f"POST {self.path} HTTP/1.1", f"Host: {self.host_header}", f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in headers.items() if "\r" not in v and "\n" not in v]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body
-        for attempt in (0, 1):  # a kept-alive connection the sink closed meanwhile: once more on a new one
+        return self.post_many([(headers, body)])[0]
+
+    def post_many(self, requests: list[tuple[dict[str, str], bytes]]) -> list[int]:
+        """POST each (headers, body) in order, pipelined: written at once on the kept-alive connection, the
+        answers read in order; returns their statuses. Raises OSError or SinkError (the connection is then
+        closed). A kept-alive connection the sink closed meanwhile is retried once on a new one; a sink that
+        answers `Connection: close` gets the rest on a new connection."""
+        pending = [self._request(headers, body) for headers, body in requests]
+        statuses: list[int] = []
+        retried = False
+        while pending:
             fresh = self._sock is None
             try:
                 sock = self._connect()
-                sock.sendall(request)
-                return self._answer(sock)
+                sock.sendall(pending[0] if len(pending) == 1 else b"".join(pending))
+                while pending and self._sock is not None:
+                    statuses.append(self._answer(sock))
+                    pending.pop(0)
             except (OSError, SinkError, ValueError) as exc:
                 self.close()
-                if fresh or attempt or not isinstance(exc, OSError | Closed):  # only a stale connection
+                if fresh or retried or not isinstance(exc, OSError | Closed):  # only a stale connection
                     raise
-        raise AssertionError("unreachable")
+                retried = True
+        return statuses
+
+    def _request(self, headers: dict[str, str], body: bytes) -> bytes:
+        head = [f"POST {self.path} HTTP/1.1", f"Host: {self.host_header}", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items() if "\r" not in v and "\n" not in v]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body
 
     def _connect(self) -> socket.socket:
         if self._sock is None:

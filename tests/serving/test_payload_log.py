@@ -4,8 +4,11 @@ the right version and track; with the receiver down or slow, predictions are una
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +16,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hack.proc import REPO, free_port, wait_for
 from tests.serving.conftest import Server, StartServer
@@ -162,7 +167,7 @@ def test_past_its_cpu_share_the_sender_pauses_and_the_rest_is_dropped_and_counte
 
 
 def test_the_budget_sleeps_off_what_was_overdrawn() -> None:
-    from modelpilot_serve.payloadlog import Budget
+    from modelpilot_serve.payloadsender import Budget
 
     now, slept = [0.0], []
 
@@ -181,3 +186,67 @@ def test_the_budget_sleeps_off_what_was_overdrawn() -> None:
     now[0] += 100
     budget.wait()
     assert budget.tokens == pytest.approx(0.05), "never more than one second's worth"
+
+
+def _senders(server: Server) -> list[int]:
+    """The pids of the payload-log sender processes under `server`'s process."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            pid = int(entry)
+            while pid > 1:  # is the server an ancestor?
+                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if pid == server.proc.pid:
+                    break
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid == server.proc.pid and b"modelpilot_serve.payloadsender" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_a_sender_process_that_dies_is_counted_and_started_again(
+        start_server: StartServer, model_dirs: dict[str, Path], sink: Sink) -> None:
+    """The sender is a child process of the worker (off the worker's GIL): killed, its exchanges on the way
+    are counted as failed, predictions go on, and a new sender takes over."""
+    server = start(start_server, model_dirs["sklearn"], sink.url)
+
+    def call(i: int) -> int:
+        return requests.post(server.url + "/invocations", data=body(i), timeout=10,
+                             headers={"Content-Type": "application/json"}).status_code
+
+    assert [call(i) for i in range(10)] == [200] * 10
+    wait_for(lambda: metric(server, "modelpilot_payload_log_sent_total") == 10, 10, "10 sent")
+    (first,) = _senders(server)
+    os.kill(first, signal.SIGKILL)
+    assert [call(i) for i in range(10, 30)] == [200] * 20, "predictions never wait for the sender"
+    wait_for(lambda: metric(server, "modelpilot_payload_log_dropped_total", 'reason="send_failed"') > 0, 10,
+             "the exchanges of the dead sender counted")
+    time.sleep(10.5)  # a new sender is started at most every 10 s
+    assert [call(i) for i in range(30, 40)] == [200] * 10
+    wait_for(lambda: metric(server, "modelpilot_payload_log_sent_total") >= 11, 10, "the new sender sends")
+    wait_for(lambda: (metric(server, "modelpilot_payload_log_sent_total")
+                      + metric(server, "modelpilot_payload_log_dropped_total")) == 40, 10, "every exchange accounted")
+    (second,) = _senders(server)
+    assert second != first
+    assert "the sender process ended" in server.logs()
+
+
+@given(st.text(max_size=40), st.text(max_size=20), st.binary(max_size=300), st.text(max_size=40),
+       st.binary(max_size=300), st.integers(0, 65535), st.floats(0, 1e6), st.floats(0, 4e9))
+def test_a_frame_reads_back_as_the_exchange_it_was_made_of(
+        request_id: str, endpoint: str, request: bytes, request_type: str, response: bytes, status: int,
+        latency_ms: float, at: float) -> None:
+    import io
+
+    from modelpilot_serve.payloadsender import Exchange, read_exchange
+
+    surrogate_free = [s.encode("utf-8", "replace").decode("utf-8") for s in (request_id, endpoint, request_type)]
+    exchange = Exchange(surrogate_free[0], surrogate_free[1], request, surrogate_free[2], response, status,
+                        latency_ms, at)
+    stream = io.BytesIO(b"".join(exchange.frame()) * 2)
+    assert read_exchange(stream) == exchange and read_exchange(stream) == exchange
+    assert read_exchange(stream) is None

@@ -52,6 +52,8 @@ class ScriptedSink:
                 if answer == b"CLOSE":
                     return
                 conn.sendall(answer)
+                if b"connection: close" in answer.lower():
+                    return  # as a sink that says so does: the requests after it are never answered
 
     def stop(self) -> None:
         self.server.close()
@@ -104,3 +106,15 @@ def test_header_values_cannot_inject_lines_and_a_silent_sink_times_out(sink: Scr
         silent.close()
     with pytest.raises(ValueError, match="not an http"):
         SinkConnection("ftp://x/", 1)
+
+
+def test_pipelined_posts_are_answered_in_order_and_a_close_midway_sends_the_rest_again(sink: ScriptedSink) -> None:
+    sink.answers += [OK, b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno", OK,
+                     b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", OK, OK]
+    conn = SinkConnection(sink.url, 2)
+    assert conn.post_many([({"ce-id": str(i)}, b"%d" % i) for i in range(3)]) == [202, 500, 202]
+    assert sink.connections == 1, "three requests written at once on one connection"
+    assert conn.post_many([({"ce-id": str(i)}, b"%d" % i) for i in range(3, 6)]) == [202, 202, 202]
+    assert sink.connections == 2, "the sink said Connection: close after the first: the rest on a new one"
+    ids = [r.split(b"ce-id: ")[1].split(b"\r\n")[0] for r in sink.requests]
+    assert ids[:4] == [b"0", b"1", b"2", b"3"] and ids[-2:] == [b"4", b"5"]
