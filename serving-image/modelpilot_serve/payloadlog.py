@@ -142,12 +142,13 @@ class PayloadLogger:
         if lost > 0:
             self._dropped["send_failed"].inc(lost)
         self._parts.clear()
+        self._handed, self._handed_bytes, self._totals = 0, 0, (0, 0, 0)
         for pipe in (proc.stdin, proc.stdout):
             with contextlib.suppress(OSError):
                 if pipe is not None:
                     pipe.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(1)
+        if proc.poll() is None:  # its pipes are gone: nothing more to do for it (never waited for on the loop)
+            proc.kill()
         log.error("Payload log: the sender process ended (exit code %s); %d exchanges lost; it is started again "
                   "within %gs", proc.poll(), lost, RESTART_SECONDS)
 

@@ -3,9 +3,10 @@ read with a minimal parser.
 
 Why not urllib3 or http.client: the sender keeps to a CPU budget, and per POST urllib3 costs about
 190 µs of CPU and http.client about 100 µs on this project's benchmark machine, against about 33 µs
-here; the payload log sends two POSTs per request (pipelined: post_many). The sink's answer is only checked for its status; its body
-(Content-Length or chunked) is read and dropped so the connection can be reused; an answer that says
-`Connection: close`, or anything unexpected, closes the connection and the next send opens a new one.
+here; the payload log sends two POSTs per request (pipelined: post_many). The sink's answer is only
+checked for its status; its body (Content-Length or chunked) is read and dropped so the connection can
+be reused; an answer that says `Connection: close`, or anything unexpected, closes the connection and
+the next send opens a new one.
 """
 
 from __future__ import annotations
