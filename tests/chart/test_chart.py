@@ -326,3 +326,39 @@ def test_the_grafana_dashboard_ships_for_the_sidecar_and_only_plots_metrics_that
     assert used and used <= exported, used - exported
     grids = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
     assert len(grids) == len(set(grids)), "no two panels on the same spot"
+
+
+def _outside_the_schema(ours: Any, read: Any, path: str = "") -> list[str]:
+    """Where `read` (ours as Grafana's models read it back) lost or changed something of `ours`."""
+    if isinstance(ours, dict):
+        if not isinstance(read, dict):
+            return [f"{path} read as {type(read).__name__}"]
+        return [problem for key, value in ours.items()
+                for problem in ([f"{path}.{key} is not in the schema"] if key not in read
+                                else _outside_the_schema(value, read[key], f"{path}.{key}"))]
+    if isinstance(ours, list):
+        if not isinstance(read, list) or len(read) != len(ours):
+            return [f"{path} read differently"]
+        return [problem for i, (a, b) in enumerate(zip(ours, read, strict=True))
+                for problem in _outside_the_schema(a, b, f"{path}[{i}]")]
+    return [] if ours == read else [f"{path}: {ours!r} read as {read!r}"]
+
+
+def test_the_grafana_dashboard_fits_grafanas_dashboard_schema() -> None:
+    """Grafana publishes its dashboard schema as generated code, not as a JSON Schema: the Grafana Foundation
+    SDK's models. The dashboard read into them and written back must come out unchanged: a key the schema
+    does not have is lost on the way (a misspelled one, a field of another Grafana version), a value of
+    another shape is read differently."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    def read_back(dashboard: dict[str, Any]) -> Any:
+        return json.loads(json.dumps(Dashboard.from_json(dashboard), cls=JSONEncoder))
+
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    assert _outside_the_schema(dashboard, read_back(dashboard)) == []
+    misspelled = json.loads(json.dumps(dashboard))
+    misspelled["panels"][0]["gridpos"] = misspelled["panels"][0].pop("gridPos")
+    misspelled["templating"]["list"][0]["definition"] = "written by Grafana's editor, not in the schema"
+    assert set(_outside_the_schema(misspelled, read_back(misspelled))) == {
+        ".panels[0].gridpos is not in the schema", ".templating.list[0].definition is not in the schema"}
