@@ -98,9 +98,9 @@ class PayloadLogger:
         self._handed += 1
         self._handed_bytes += size
         self._parts.extend(memoryview(part) for part in exchange.frame() if part)
-        if not self._flush_soon and not self._writing:
+        if not self._flush_soon and not self._writing and self._loop is not None:
             self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _sender(self) -> subprocess.Popen[bytes] | None:
         """The running sender process, started (again) when needed; None while it cannot be. (Its end is

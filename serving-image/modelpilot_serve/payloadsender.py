@@ -70,13 +70,13 @@ def read_exchange(stream: BinaryIO) -> Exchange | None:
     rest = stream.read(n_id + n_endpoint + n_type + n_request + n_response)
     if len(rest) < n_id + n_endpoint + n_type + n_request + n_response:
         return None
-    view, parts, at_byte = memoryview(rest), [], 0
+    parts, start = [], 0
     for n in (n_id, n_endpoint, n_type, n_request, n_response):
-        parts.append(view[at_byte:at_byte + n])
-        at_byte += n
-    return Exchange(bytes(parts[0]).decode("utf-8", "replace"), bytes(parts[1]).decode("utf-8", "replace"),
-                    bytes(parts[3]), bytes(parts[2]).decode("utf-8", "replace"), bytes(parts[4]), status,
-                    latency_ms, at)
+        parts.append(rest[start:start + n])
+        start += n
+    rid, endpoint, ctype, request, response = parts
+    return Exchange(rid.decode("utf-8", "replace"), endpoint.decode("utf-8", "replace"), request,
+                    ctype.decode("utf-8", "replace"), response, status, latency_ms, at)
 
 
 class Budget:
