@@ -38,6 +38,17 @@ PLURALS = {
 }
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`. A merge patch merges nested objects, so
+    a key `new` no longer has must be sent as null: {"autoscaling": {"engine": "hpa"}} over
+    {"autoscaling": {"engine": "hpa", "problem": "..."}} leaves the problem in place."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch = {k: merge_patch(old.get(k), v) for k, v in new.items()}
+    patch.update((k, None) for k in old if k not in new)
+    return patch
+
+
 class KubeError(Exception):
     def __init__(self, status: int, message: str, reason: str = "") -> None:
         super().__init__(f"{status} {reason}: {message}".strip())
@@ -148,6 +159,8 @@ class Kube:
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any], field_manager: str) -> dict[str, Any] | None:
+        """A JSON merge patch of the status: `status` as `merge_patch` makes it (nested keys that are gone
+        sent as null), or a nested key the status no longer has would stay forever."""
         path = resource_path(api_version, kind, namespace, name) + "/status"
         return self.request("PATCH", path, {"status": status}, "application/merge-patch+json",
                             params={"fieldManager": field_manager})

@@ -33,7 +33,7 @@ from .children import apply_children
 from .config import Settings
 from .desired import desired_children
 from .driftcheck import drift_check
-from .kube import Kube, KubeError
+from .kube import Kube, KubeError, merge_patch
 from .names import API_VERSION, CANARY, GATEWAY_API_VERSION, KIND, NEWEST, STABLE, Owner, service_url
 from .observe import KEDA_API_VERSION, RULE_API_VERSION, ChildKey, KindDiscovery, observe
 from .outbound import Outbound
@@ -164,8 +164,11 @@ class Reconciler:
         """Write the status (only when it changed) and record the events."""
         meta, old = obj["metadata"], obj.get("status") or {}
         if any(old.get(k) != v for k, v in report.status.items()):
+            # each status field whole: what a field no longer has goes too (top-level fields the report
+            # leaves out are kept, as before)
+            patch = {k: merge_patch(old.get(k), v) for k, v in report.status.items()}
             try:
-                answer = self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], report.status,
+                answer = self.kube.patch_status(API_VERSION, KIND, meta["namespace"], meta["name"], patch,
                                                 self.settings.field_manager)
                 if answer and self.cache is not None:
                     self.cache.put(API_VERSION, KIND, answer, ours=True)  # or the next look would write it again

@@ -1,4 +1,5 @@
-"""The API client's authentication header, against a real HTTP server (what the in-cluster config stores)."""
+"""The API client's authentication header, against a real HTTP server (what the in-cluster config stores), and the
+merge patch its status writes send."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kubernetes.client import Configuration
 
-from modelpilot.kube import Kube
+from modelpilot.kube import Kube, merge_patch
 
 
 @pytest.fixture
@@ -50,3 +53,39 @@ def test_the_token_is_sent_once_prefixed(recorder: tuple[str, list[str | None]],
     cfg.api_key = dict(api_key)
     Kube(cfg).request("GET", "/api")
     assert seen == [sent]
+
+
+# -- the status patch ------------------------------------------------------------------------------------
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=3), inner, max_size=4), max_leaves=12)
+# what a status holds: objects without nulls (a null in a merge patch means "remove")
+_no_nulls = st.recursive(st.booleans() | st.integers() | st.text(max_size=5),
+                         lambda inner: st.lists(inner, max_size=3)
+                         | st.dictionaries(st.text(max_size=3), inner, max_size=4), max_leaves=12)
+
+
+def _apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, section 2, as the API server applies application/merge-patch+json."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _apply_merge_patch(out.get(k), v)
+    return out
+
+
+@given(st.dictionaries(st.text(max_size=3), _json, max_size=4), st.dictionaries(st.text(max_size=3), _no_nulls,
+                                                                               max_size=4))
+def test_a_merge_patch_turns_the_old_status_into_the_new_one(old: dict[str, Any], new: dict[str, Any]) -> None:
+    assert _apply_merge_patch(old, merge_patch(old, new)) == new
+
+
+def test_a_nested_key_that_is_gone_is_sent_as_null() -> None:
+    old = {"autoscaling": {"engine": "hpa", "currentReplicas": 1, "problem": "no metrics"}, "url": "http://m"}
+    new = {"autoscaling": {"engine": "hpa", "currentReplicas": 2}, "url": "http://m"}
+    assert merge_patch(old, new) == {"autoscaling": {"engine": "hpa", "currentReplicas": 2, "problem": None},
+                                     "url": "http://m"}

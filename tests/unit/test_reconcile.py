@@ -816,3 +816,24 @@ def test_a_canary_compared_on_predictions_counts_into_stables_bins(
     assert canary is not None
     env = {e["name"]: e.get("value") for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MODELPILOT_DRIFT_BASELINE"] == "1" and env["MODELPILOT_MODEL_VERSION"] == "2"
+
+
+def test_a_problem_that_cleared_leaves_the_status_and_then_nothing_is_written(world: Harness) -> None:
+    """status.autoscaling.problem while the HPA cannot scale; gone once it can (a merge patch keeps a nested
+    key that is not sent as null: the problem stayed, and every reconcile wrote the status again)."""
+    world.apply(autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilization": 80})
+    converge(world)
+    hpa = world.kube.objects[("autoscaling/v2", "HorizontalPodAutoscaler", NS, "m")]
+
+    def hpa_says(active: str, reason: str) -> None:
+        hpa["status"] = {"currentReplicas": 1, "desiredReplicas": 1, "conditions": [
+            {"type": "ScalingActive", "status": active, "reason": reason, "message": "cpu: no metrics"}]}
+        world.reconcile()
+
+    hpa_says("False", "FailedGetResourceMetric")
+    assert world.status()["autoscaling"]["problem"] == "FailedGetResourceMetric: cpu: no metrics"
+    hpa_says("True", "ValidMetricFound")
+    assert world.status()["autoscaling"] == {"engine": "hpa", "currentReplicas": 1, "desiredReplicas": 1}
+    world.kube.writes.clear()
+    world.reconcile()
+    assert world.kube.writes == []
