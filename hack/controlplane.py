@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hack.layout import Layout
-from hack.pki import host_ips, kubeconfig, make_pki
+from hack.pki import FRONT_PROXY_CLIENT, host_ips, kubeconfig, make_pki
 from hack.proc import REPO, Processes, free_port, log, wait_for
 
 
@@ -128,6 +128,7 @@ class ControlPlane:
             "--enable-priority-and-fairness=false", "--event-ttl=2h",
             f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}",
             "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
+            *_aggregation(pki),
         ])
         wait_for(lambda: self.get("/readyz")[0] == 200, 120,
                  f"kube-apiserver /readyz\n{self.procs.log_tail('kube-apiserver')}")
@@ -139,6 +140,8 @@ class ControlPlane:
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
             f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--controllers=*,-nodeipam", "--concurrent-deployment-syncs=10", "--concurrent-gc-syncs=10",
+            # HPAs act within seconds (default every 15 s), so the autoscaling test watches them in a minute
+            "--horizontal-pod-autoscaler-sync-period=3s",
         ])
         self.procs.start("kube-scheduler", [
             str(b / "kube-scheduler"), f"--kubeconfig={kcfg}",
@@ -198,6 +201,19 @@ def kwok_node(name: str, gpus: int) -> dict[str, Any]:
         "spec": spec,
         "status": {"capacity": capacity, "allocatable": capacity},
     }
+
+
+def _aggregation(pki: Path) -> list[str]:
+    """The aggregation layer, for extension API servers (prometheus-adapter's custom metrics API): the API
+    server proxies to them with the front-proxy client certificate and the caller's identity in headers;
+    it reaches them at their Service's endpoint address (no ClusterIP routing needed on the host)."""
+    return [f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            "--enable-aggregator-routing=true"]
 
 
 def _reachability(port: int) -> list[str]:

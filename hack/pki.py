@@ -18,15 +18,15 @@ def _write_key(path: Path, key: Any) -> None:
 
 
 def issue_certificate(pki: Path, file: str, cn: str, org: str | None = None, server: bool = False,
-                      sans: list[Any] | None = None) -> None:
-    """A key pair and a certificate signed by the CA in `pki` (client auth, or server auth)."""
+                      sans: list[Any] | None = None, ca_file: str = "ca") -> None:
+    """A key pair and a certificate signed by a CA in `pki` (client auth, or server auth)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    ca_key: Any = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
-    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key: Any = serialization.load_pem_private_key((pki / f"{ca_file}.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((pki / f"{ca_file}.crt").read_bytes())
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
     if org:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
@@ -43,21 +43,15 @@ def issue_certificate(pki: Path, file: str, cn: str, org: str | None = None, ser
     _write_key(pki / f"{file}.key", key)
 
 
-def make_pki(pki: Path) -> None:
-    """A CA, the API server's serving certificate, an admin client certificate and the SA key pair."""
+def _make_ca(pki: Path, file: str, cn: str) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
 
-    if (pki / "admin.crt").exists():
-        if not (pki / "kubelet-client.crt").exists():  # a state directory from before this certificate
-            issue_certificate(pki, "kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
-        return
-    pki.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelpilot-dev-ca")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
@@ -67,8 +61,38 @@ def make_pki(pki: Path) -> None:
                                        data_encipherment=False, key_agreement=False,
                                        encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
-    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    _write_key(pki / "ca.key", ca_key)
+    (pki / f"{file}.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_key(pki / f"{file}.key", ca_key)
+
+
+#: The name the API server's client certificate for extension API servers carries; they accept identity
+#: headers (X-Remote-User) only from a certificate of the front-proxy CA with this name.
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
+
+def _make_front_proxy(pki: Path) -> None:
+    """The aggregation layer's own CA (as kubeadm's: apart from the cluster CA, so that no cluster client
+    certificate can pass identity headers to an extension API server) and the API server's client
+    certificate of it."""
+    _make_ca(pki, "front-proxy-ca", "modelpilot-dev-front-proxy-ca")
+    issue_certificate(pki, "front-proxy-client", FRONT_PROXY_CLIENT, ca_file="front-proxy-ca")
+
+
+def make_pki(pki: Path) -> None:
+    """A CA, the API server's serving certificate, an admin client certificate, the SA key pair and the
+    aggregation layer's front-proxy CA and client certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if (pki / "admin.crt").exists():
+        if not (pki / "kubelet-client.crt").exists():  # a state directory from before this certificate
+            issue_certificate(pki, "kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+        if not (pki / "front-proxy-client.crt").exists():  # ... or from before the aggregation layer
+            _make_front_proxy(pki)
+        return
+    pki.mkdir(parents=True, exist_ok=True)
+    _make_ca(pki, "ca", "modelpilot-dev-ca")
 
     sans: list[Any] = [x509.DNSName(n) for n in (
         "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
@@ -78,6 +102,7 @@ def make_pki(pki: Path) -> None:
     issue_certificate(pki, "admin", "modelpilot-dev-admin", "system:masters")
     # how the API server proves itself to the kubelet (`kubectl logs`, `exec`)
     issue_certificate(pki, "kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+    _make_front_proxy(pki)
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(pki / "sa.key", sa)
     (pki / "sa.pub").write_bytes(sa.public_key().public_bytes(
