@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml serving-image/pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv with the operator and the dev/test dependencies
 
-binaries: ## build (or reuse) etcd, kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl, kwok, helm, prometheus
+binaries: ## build (or reuse) etcd, kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl, kwok, helm, prometheus, prometheus-adapter, metrics-server
 	bash hack/build-binaries.sh
 
 dev-up: venv system-packages ## start the local control plane, its real node and MLflow; writes $(STATE)/kubeconfig and $(STATE)/env

@@ -23,6 +23,10 @@ PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.54.1}
 GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
 PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION:-v0.87.1}
 KEDA_VERSION=${KEDA_VERSION:-v2.18.1}
+# The HPA's metrics APIs in the end-to-end autoscaling test: prometheus-adapter serves the custom metrics
+# API (requests in flight per pod), metrics-server the resource metrics API (CPU).
+PROMETHEUS_ADAPTER_VERSION=${PROMETHEUS_ADAPTER_VERSION:-v0.12.0}
+METRICS_SERVER_VERSION=${METRICS_SERVER_VERSION:-v0.8.0}
 CACHE=${MODELPILOT_CACHE:-$HOME/.cache/modelpilot}
 # Which Kubernetes commands to build (kubelet and kube-proxy run the real node).
 K8S_CMDS=${K8S_CMDS:-"kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"}
@@ -35,8 +39,10 @@ etcd_dir="$CACHE/bin/etcd-$ETCD_VERSION"
 kwok_dir="$CACHE/bin/kwok-$KWOK_VERSION"
 helm_dir="$CACHE/bin/helm-$HELM_VERSION"
 prom_dir="$CACHE/bin/prometheus-$PROMETHEUS_VERSION"
+adapter_dir="$CACHE/bin/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION"
+metrics_server_dir="$CACHE/bin/metrics-server-$METRICS_SERVER_VERSION"
 out="$CACHE/bin/current"
-mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$prom_dir" "$out"
+mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$prom_dir" "$adapter_dir" "$metrics_server_dir" "$out"
 
 build_k8s() {
   local missing=()
@@ -109,6 +115,19 @@ build_prometheus() {
   log "prometheus built in $((SECONDS - start)) s"
 }
 
+build_wrapped() {  # dir, package, version, binary: `go build` in a wrapper module
+  [ -x "$1/$4" ] && { log "$4 $3: cached"; return; }
+  log "$4 $3: building $2"
+  local start=$SECONDS work
+  work=$(mktemp -d)
+  # `go install pkg@version` also asks the proxy for the module's version list (to look for a deprecation
+  # notice), which the proxy here refuses for some modules; `go get` of an exact version does not
+  printf 'module modelpilot.dev/wrapperbuild\n\ngo 1.26\n' > "$work/go.mod"
+  (cd "$work" && go get "$2@$3" >&2 && go build -trimpath -ldflags "-s -w" -o "$1/$4" "$2")
+  rm -rf "$work"
+  log "$4 built in $((SECONDS - start)) s"
+}
+
 build_go_install() {  # dir, package@version, binary
   [ -x "$1/$3" ] && { log "$3: cached"; return; }
   log "$3: building $2"
@@ -122,6 +141,8 @@ build_go_install "$kwok_dir" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" kwok
 build_go_install "$helm_dir" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm
 build_k8s
 build_prometheus
+build_wrapped "$adapter_dir" sigs.k8s.io/prometheus-adapter/cmd/adapter "$PROMETHEUS_ADAPTER_VERSION" prometheus-adapter
+build_wrapped "$metrics_server_dir" sigs.k8s.io/metrics-server/cmd/metrics-server "$METRICS_SERVER_VERSION" metrics-server
 
 # kwok ships no built-in stages: take the upstream ones (node initialise + heartbeat, the general pod
 # lifecycle) from the same module version, so pods go Running/Ready the way kwokctl's defaults do.
@@ -164,7 +185,8 @@ ln -sfn "$keda_dir" "$out/keda-crds"
 
 # One directory with stable names for PATH.
 for f in "$k8s_dir"/* "$etcd_dir/etcd" "$kwok_dir/kwok" "$kwok_dir/stages.yaml" "$helm_dir/helm" \
-         "$prom_dir/prometheus"; do
+         "$prom_dir/prometheus" "$adapter_dir/prometheus-adapter" \
+         "$metrics_server_dir/metrics-server"; do
   ln -sfn "$f" "$out/$(basename "$f")"
 done
 echo "$out"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import ipaddress
 import json
 import subprocess
 import time
@@ -170,6 +171,14 @@ state = "{self.dir / 'containerd-state'}"
         if not (pki / f"node-{NODE_NAME}.crt").exists():
             # the Node authorizer's identity: CN system:node:<name>, O system:nodes
             issue_certificate(pki, f"node-{NODE_NAME}", f"system:node:{NODE_NAME}", "system:nodes")
+        serving = f"node-{NODE_NAME}-serving"
+        if not (pki / f"{serving}.crt").exists():
+            # a serving certificate of the cluster CA (not the kubelet's self-signed one): metrics-server
+            # verifies it (hack.metricsapi)
+            from cryptography import x509
+
+            issue_certificate(pki, serving, f"system:node:{NODE_NAME}", "system:nodes", server=True,
+                              sans=[x509.IPAddress(ipaddress.ip_address(BRIDGE_IP)), x509.DNSName(NODE_NAME)])
         kcfg = self.dir / "kubelet.kubeconfig"
         kcfg.write_text(json.dumps(kubeconfig(self.cp.server, pki, f"node-{NODE_NAME}")))
         kcfg.chmod(0o600)
@@ -179,6 +188,7 @@ state = "{self.dir / 'containerd-state'}"
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
                                "x509": {"clientCAFile": str(pki / "ca.crt")}},
             "authorization": {"mode": "AlwaysAllow"},
+            "tlsCertFile": str(pki / f"{serving}.crt"), "tlsPrivateKeyFile": str(pki / f"{serving}.key"),
             # on the node address: the API server reaches it there for `kubectl logs` and `exec`
             "address": BRIDGE_IP, "port": free_port(), "readOnlyPort": 0, "healthzPort": 0,
             "containerRuntimeEndpoint": f"unix://{self.sock}",

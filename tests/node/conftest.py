@@ -1,18 +1,22 @@
 """Fixtures for the real-node end-to-end tests: a kubelet + containerd node running the scoring-server
-image built by buildah, an MLflow the pods can reach, and an operator configured with that image."""
+image built by buildah, an MLflow the pods can reach, an operator configured with that image, a Prometheus
+that finds the serving pods as a PodMonitor would, and the custom metrics API served from it."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from hack.controlplane import ControlPlane
+from hack.metricsapi import MetricsServer, PrometheusAdapter
 from hack.realnode import BRIDGE_IP, RealNode
-from hack.services import MlflowServer
-from tests.helpers import Operator, Registry
+from hack.services import MlflowServer, PrometheusServer
+from tests.helpers import REPO, Operator, Registry
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +52,59 @@ def node_operator(operator: Operator, control_plane: ControlPlane, real_node: Re
     own.env.update(MODELPILOT_SERVER_IMAGE_CPU=real_node.image, MODELPILOT_SERVER_IMAGE_PULL_POLICY="Never")
     with own.in_place_of(operator):
         yield own
+
+
+def podmonitor_job(kubeconfig: Path) -> dict[str, Any]:
+    """A kubernetes_sd pod job that selects what examples/podmonitor.yaml selects (read from the file)."""
+    monitor = yaml.safe_load((REPO / "examples" / "podmonitor.yaml").read_text())
+    labels = monitor["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+
+    def meta(label: str) -> str:
+        return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in label)
+
+    return {
+        "job_name": "podmonitor-modelpilot", "scrape_interval": "1s", "metrics_path": endpoint["path"],
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
+        "relabel_configs": [
+            *({"source_labels": [meta(k)], "regex": v, "action": "keep"} for k, v in labels.items()),
+            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": endpoint["port"],
+             "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def pod_prometheus(state_dir: Path, control_plane: ControlPlane, real_node: RealNode) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(state_dir, name="prometheus-pods",
+                              scrape_configs=[podmonitor_job(control_plane.kubeconfig_path)])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def custom_metrics_api(state_dir: Path, control_plane: ControlPlane,
+                       pod_prometheus: PrometheusServer) -> Iterator[PrometheusAdapter]:
+    """`custom.metrics.k8s.io` from prometheus-adapter with examples/prometheus-adapter-rules.yaml, reached
+    by the API server at the node bridge's address (this machine's, as pods see it)."""
+    adapter = PrometheusAdapter(state_dir, control_plane, BRIDGE_IP, pod_prometheus.url)
+    try:
+        adapter.start()
+        yield adapter
+    finally:
+        adapter.stop()  # the APIService first: an unanswered API group stalls namespace deletion
+
+
+@pytest.fixture(scope="module")
+def resource_metrics_api(state_dir: Path, control_plane: ControlPlane, real_node: RealNode) -> Iterator[MetricsServer]:
+    """`metrics.k8s.io` from metrics-server reading the real node's kubelet."""
+    server = MetricsServer(state_dir, control_plane, BRIDGE_IP)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

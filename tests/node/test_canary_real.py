@@ -10,58 +10,22 @@ PodMonitor would. A version that fails half its requests is rolled back; a good 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from hack.controlplane import ControlPlane
 from hack.realnode import RealNode
 from hack.sample_model import register_faulty
 from hack.services import PrometheusServer
 from modelpilot.kube import Kube
-from tests.helpers import REPO, Operator, RandomTraffic, Registry, apply, mdep_manifest, wait_ready
+from tests.helpers import Operator, RandomTraffic, Registry, apply, mdep_manifest, wait_ready
 from tests.integration.test_canary import wait_canary
 from tests.node.test_real_node import service_url
 
 pytestmark = pytest.mark.cluster
 
 FEATURES = 4
-
-
-def podmonitor_job(kubeconfig: Path) -> dict[str, Any]:
-    """A kubernetes_sd pod job that selects what examples/podmonitor.yaml selects (read from the file)."""
-    monitor = yaml.safe_load((REPO / "examples" / "podmonitor.yaml").read_text())
-    labels = monitor["spec"]["selector"]["matchLabels"]
-    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-
-    def meta(label: str) -> str:
-        return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in label)
-
-    return {
-        "job_name": "podmonitor-modelpilot", "scrape_interval": "1s", "metrics_path": endpoint["path"],
-        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
-        "relabel_configs": [
-            *({"source_labels": [meta(k)], "regex": v, "action": "keep"} for k, v in labels.items()),
-            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": endpoint["port"],
-             "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        ],
-    }
-
-
-@pytest.fixture(scope="module")
-def pod_prometheus(state_dir: Path, control_plane: ControlPlane, real_node: RealNode) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(state_dir, name="prometheus-pods",
-                              scrape_configs=[podmonitor_job(control_plane.kubeconfig_path)])
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_canary_on_real_pods_is_rolled_back_or_promoted_on_real_metrics(
