@@ -204,7 +204,7 @@ def kwok_node(name: str, gpus: int) -> dict[str, Any]:
 
 
 def _aggregation(pki: Path) -> list[str]:
-    """The aggregation layer, for extension API servers (prometheus-adapter's custom metrics API): the API
+    """The aggregation layer, for extension API servers (the HPA's metrics APIs, hack.metricsapi): the API
     server proxies to them with the front-proxy client certificate and the caller's identity in headers;
     it reaches them at their Service's endpoint address (no ClusterIP routing needed on the host)."""
     return [f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
