@@ -1,6 +1,7 @@
 """Fixtures for the real-node end-to-end tests: a kubelet + containerd node running the scoring-server
 image built by buildah, an MLflow the pods can reach, an operator configured with that image, a Prometheus
-that finds the serving pods as a PodMonitor would, and the custom metrics API served from it."""
+that finds the serving pods as a PodMonitor would, and the HPA's metrics APIs (custom metrics from that
+Prometheus, resource metrics from the kubelet)."""
 
 from __future__ import annotations
 
