@@ -85,18 +85,6 @@ build_k8s() {
   log "kubernetes built in $((SECONDS - start)) s"
 }
 
-build_etcd() {
-  [ -x "$etcd_dir/etcd" ] && { log "etcd $ETCD_VERSION: cached"; return; }
-  log "etcd $ETCD_VERSION: building"
-  local start=$SECONDS work
-  work=$(mktemp -d)
-  printf 'module modelpilot.dev/etcdbuild\n\ngo 1.26\n' > "$work/go.mod"
-  (cd "$work" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 \
-     && go build -trimpath -ldflags "-s -w" -o "$etcd_dir/etcd" go.etcd.io/etcd/server/v3)
-  rm -rf "$work"
-  log "etcd built in $((SECONDS - start)) s"
-}
-
 build_prometheus() {
   [ -x "$prom_dir/prometheus" ] && { log "prometheus $PROMETHEUS_VERSION: cached"; return; }
   log "prometheus $PROMETHEUS_VERSION: building (a few minutes cold)"
@@ -136,7 +124,7 @@ build_go_install() {  # dir, package@version, binary
   log "$3 built in $((SECONDS - start)) s"
 }
 
-build_etcd
+build_wrapped "$etcd_dir" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" etcd
 build_go_install "$kwok_dir" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" kwok
 build_go_install "$helm_dir" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm
 build_k8s

@@ -16,16 +16,18 @@ from modelpilot.kube import KubeError
 Key = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
 
 
-def _merge(base: Any, patch: Any) -> Any:
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for k, v in patch.items():
-            if v is None:
-                out.pop(k, None)
-            else:
-                out[k] = _merge(base.get(k), v)
-        return out
-    return copy.deepcopy(patch)
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, section 2: a JSON merge patch applied as the API server applies application/merge-patch+json
+    (a null removes the key; objects merge; anything else replaces)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = apply_merge_patch(out.get(k), v)
+    return out
 
 
 class FakeKube:
@@ -53,7 +55,7 @@ class FakeKube:
             raise KubeError(refusal[0], refusal[1], "Invalid")
         key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         existing = self.objects.get(key)
-        merged = _merge(existing or {}, obj)
+        merged = apply_merge_patch(existing or {}, obj)
         if existing is None or merged != existing:
             self._stamp(merged, spec_changed=existing is None or merged.get("spec") != existing.get("spec"))
             self.objects[key] = merged
@@ -73,7 +75,7 @@ class FakeKube:
         if key not in self.objects:
             raise KubeError(404, "not found", "NotFound")
         obj = self.objects[key]
-        obj["status"] = _merge(obj.get("status") or {}, status)
+        obj["status"] = apply_merge_patch(obj.get("status") or {}, status)
         self._stamp(obj, spec_changed=False)
         self.writes.append(("status", kind, name))
         return copy.deepcopy(obj)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from kubernetes.client import Configuration
 
 from modelpilot.kube import Kube, merge_patch
+from tests.fakes.kube import apply_merge_patch
 
 
 @pytest.fixture
@@ -65,23 +66,10 @@ _no_nulls = st.recursive(st.booleans() | st.integers() | st.text(max_size=5),
                          | st.dictionaries(st.text(max_size=3), inner, max_size=4), max_leaves=12)
 
 
-def _apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, section 2, as the API server applies application/merge-patch+json."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = _apply_merge_patch(out.get(k), v)
-    return out
-
-
 @given(st.dictionaries(st.text(max_size=3), _json, max_size=4), st.dictionaries(st.text(max_size=3), _no_nulls,
                                                                                max_size=4))
 def test_a_merge_patch_turns_the_old_status_into_the_new_one(old: dict[str, Any], new: dict[str, Any]) -> None:
-    assert _apply_merge_patch(old, merge_patch(old, new)) == new
+    assert apply_merge_patch(old, merge_patch(old, new)) == new
 
 
 def test_a_nested_key_that_is_gone_is_sent_as_null() -> None:
