@@ -89,6 +89,9 @@ class Kube:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            # the bearer token as the session's auth: besides, requests then skips its ~/.netrc lookup,
+            # two file-system checks on every request
+            session.auth = self._authorize
             if self.cfg.cert_file:
                 key = self.cfg.key_file
                 session.cert = (self.cfg.cert_file, key) if key else self.cfg.cert_file
@@ -105,12 +108,6 @@ class Kube:
     ) -> dict[str, Any] | None:
         """One API call. Returns the decoded body, None for 404 on GET; raises KubeError otherwise."""
         headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": self.user_agent}
-        token = self.cfg.get_api_key_with_prefix("BearerToken") or self.cfg.get_api_key_with_prefix(
-            "authorization")
-        if token:
-            # the in-cluster loader stores "bearer <token>" (lower case): never prefix it twice
-            scheme, _, rest = token.partition(" ")
-            headers["Authorization"] = f"Bearer {rest}" if scheme.lower() == "bearer" and rest else f"Bearer {token}"
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         # verify is passed per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
         verify = (self.cfg.ssl_ca_cert or True) if self.cfg.verify_ssl else False
@@ -127,6 +124,17 @@ class Kube:
             except ValueError:
                 raise KubeError(resp.status_code, resp.text[:300]) from None
         return resp.json() if resp.content else {}
+
+    def _authorize(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """The current bearer token (exec plugins and in-cluster token files refresh it), if any."""
+        token = self.cfg.get_api_key_with_prefix("BearerToken") or self.cfg.get_api_key_with_prefix(
+            "authorization")
+        if token:
+            # the in-cluster loader stores "bearer <token>" (lower case): never prefix it twice
+            scheme, _, rest = token.partition(" ")
+            request.headers["Authorization"] = (f"Bearer {rest}" if scheme.lower() == "bearer" and rest
+                                                else f"Bearer {token}")
+        return request
 
     # -- typed helpers ---------------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -56,6 +56,31 @@ def test_the_token_is_sent_once_prefixed(recorder: tuple[str, list[str | None]],
     assert seen == [sent]
 
 
+def test_a_refreshed_token_is_sent_on_the_same_connection(recorder: tuple[str, list[str | None]]) -> None:
+    url, seen = recorder
+    cfg = Configuration()
+    cfg.host = url
+    cfg.api_key = {"authorization": "bearer first"}
+    kube = Kube(cfg)
+    kube.request("GET", "/api")
+    cfg.api_key = {"authorization": "bearer second"}  # what the in-cluster loader's refresh does
+    kube.request("GET", "/api")
+    assert seen == ["Bearer first", "Bearer second"]
+
+
+def test_no_netrc_credentials_go_to_the_api_server(recorder: tuple[str, list[str | None]], tmp_path: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url, seen = recorder
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    cfg = Configuration()
+    cfg.host = url
+    Kube(cfg).request("GET", "/api")
+    assert seen == [None]
+
+
 # -- the status patch ------------------------------------------------------------------------------------
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
                      lambda inner: st.lists(inner, max_size=3)
