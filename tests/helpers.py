@@ -304,7 +304,8 @@ def events_for(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
 
 def wait_event(kube: Kube, namespace: str, name: str, reason: str, type_: str | None = None,
                timeout: float = 30) -> list[dict[str, Any]]:
-    """Events are written right after the status they go with: poll for them, then return all events."""
+    """The operator writes Events off the reconcile's path, right after the status they go with: poll for them,
+    then return all events."""
 
     def seen() -> list[dict[str, Any]] | None:
         events = events_for(kube, namespace, name)

@@ -16,6 +16,7 @@ import kopf
 from . import metrics
 from .cache import CHILDREN, WATCHED, Cache
 from .config import Settings
+from .events import EventRecorder
 from .kube import Kube, KubeError
 from .leader import LeaderElector, LeaseConfig, own_namespace
 from .names import API_VERSION, GROUP, KIND, LABEL_DEPLOYMENT, MANAGED_BY, PLURAL, VERSION
@@ -37,6 +38,7 @@ class _State:
     cache: Cache | None = None
     queue: WorkQueue[Key] | None = None
     reconciler: Reconciler | None = None
+    events: EventRecorder | None = None
     task: asyncio.Task[None] | None = None
     elector: LeaderElector | None = None
     election: asyncio.Task[None] | None = None
@@ -83,9 +85,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                             error_delay=lambda _k, n: error_backoff(config.retry_base_seconds, n))
     # a registry answer that moved a version (or a canary analysis result) goes ahead of child events
     work = state.queue
+    state.events = events = EventRecorder(kube).start()  # Events off the reconcile's path
     state.reconciler = Reconciler(kube, config, enqueue=lambda key: work.add_threadsafe(key, urgent=True),
-                                  cache=state.cache)
+                                  cache=state.cache, events=events)
     metrics.QUEUE_DEPTH.set_function(lambda: len(work))
+    metrics.EVENTS_PENDING.set_function(events.pending)
     metrics.QUEUE_OLDEST.set_function(work.oldest_wait)
     state.reconciler.outbound.start()
     state.reconciler.resolver.start_refresher()
@@ -126,7 +130,9 @@ async def cleanup(**_: Any) -> None:
         state.reconciler.resolver.stop_refresher()
         state.reconciler.outbound.stop()
     if state.elector is not None:
-        await asyncio.to_thread(state.elector.release)
+        await asyncio.to_thread(state.elector.release)  # first: the standby need not wait for the Events
+    if state.events is not None:
+        await asyncio.to_thread(state.events.stop)
 
 
 # Index handlers fill the cache: kopf runs them for every object of the initial listings and holds

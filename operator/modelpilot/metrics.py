@@ -27,6 +27,9 @@ LEADER = Gauge("modelpilot_leader", "1 while this replica holds the leader lease
 QUEUE_DEPTH = Gauge("modelpilot_queue_depth", "ModelDeployments waiting or being reconciled")
 QUEUE_OLDEST = Gauge("modelpilot_queue_oldest_seconds", "How long the longest-waiting due ModelDeployment has "
                      "waited for a worker (0: none waiting)")
+EVENTS_DROPPED = Counter("modelpilot_events_dropped_total", "Kubernetes Events not written because the queue of "
+                         "Events waiting to be written was full")
+EVENTS_PENDING = Gauge("modelpilot_events_pending", "Kubernetes Events queued and not written yet")
 REGISTRY_CALLS = Counter("modelpilot_registry_requests_total", "Resolutions asked of a registry, by registry "
                          "(one per distinct registry, model URI and credentials per refresh interval)", ["host"])
 

@@ -33,6 +33,7 @@ from .children import apply_children
 from .config import Settings
 from .desired import desired_children
 from .driftcheck import drift_check
+from .events import EventSink
 from .kube import Kube, KubeError, merge_patch
 from .names import API_VERSION, CANARY, GATEWAY_API_VERSION, KIND, NEWEST, STABLE, Owner, service_url
 from .observe import KEDA_API_VERSION, RULE_API_VERSION, ChildKey, KindDiscovery, observe
@@ -59,8 +60,11 @@ def utc_now() -> str:
 class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, enqueue: Callable[[Key], None] = lambda key: None,
                  outbound: Outbound | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time, cache: Cache | None = None) -> None:
+                 wall_clock: Callable[[], float] = time.time, cache: Cache | None = None,
+                 events: EventSink | None = None) -> None:
         self.kube = kube
+        #: Where Events go: an `EventRecorder` writes them off the reconcile's path; by default, at once.
+        self.events: EventSink = events or kube
         #: The watches' state (reads without requests); without one, every read is a GET.
         self.cache = cache
         self.reader = cache if cache is not None else kube
@@ -182,7 +186,7 @@ class Reconciler:
             if counter is not None:
                 counter.inc()
             log.info("%s %s/%s: %s", reason, meta["namespace"], meta["name"], message)
-            self.kube.create_event(obj, type_, reason, message, self.settings.field_manager, now)
+            self.events.create_event(obj, type_, reason, message, self.settings.field_manager, now)
 
     def _remember(self, owner: Owner, objects: dict[ChildKey, dict[str, Any] | None]) -> None:
         """Our writes' answers into the cache, ahead of their watch events. Never someone else's object:

@@ -194,6 +194,7 @@ def test_progressive_rollout_walks_httproute_weights_and_promotes_a_healthy_vers
     assert kube.get("v1", "Service", namespace, "fraud-canary") is None
     wait_ready(kube, namespace, "fraud", operator=operator, version=v2)
     assert (kube.get(*MDEP, namespace, "fraud") or {})["status"]["knownGoodVersion"] == v2
+    wait_event(kube, namespace, "fraud", "Promoted")
     events = reasons(kube, namespace, "fraud")
     assert events.count("CanaryStep") == 2 and "Promoting" in events and "Promoted" in events, events
     step_events = [e["message"] for e in events_for(kube, namespace, "fraud") if e["reason"] == "CanaryStep"]
@@ -254,7 +255,7 @@ def test_a_bad_version_is_rolled_back_and_not_retried_until_the_alias_moves(
     assert serving_version(kube, namespace, "fraud") == v1
     if router == "gatewayAPI":
         assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 100}
-    rolled = [e for e in events_for(kube, namespace, "fraud") if e["reason"] == "RolledBack"]
+    rolled = [e for e in wait_event(kube, namespace, "fraud", "RolledBack") if e["reason"] == "RolledBack"]
     assert operator.metric("modelpilot_rollbacks_total") == rollbacks + 1
     assert operator.metric("modelpilot_canary_analyses_total", outcome="fail") == failures + 1
     assert len(rolled) == 1 and rolled[0]["type"] == "Warning" and failed_metric in rolled[0]["message"]
@@ -280,7 +281,7 @@ def test_a_bad_version_is_rolled_back_and_not_retried_until_the_alias_moves(
     wait_ready(kube, namespace, "fraud", operator=operator, version=v3)
     wait_for(lambda: replicas(kube, namespace, "fraud") == (4, None), 30, "the canary Deployment to go")
     assert canary_status(kube, namespace, "fraud") == {}
-    assert "CanaryRemoved" in reasons(kube, namespace, "fraud")
+    wait_event(kube, namespace, "fraud", "CanaryRemoved")
 
 
 # -- progressive rollout: roll back a canary whose predictions differ from stable's -----------------
@@ -371,7 +372,7 @@ def test_operator_restart_mid_rollout_resumes_at_the_same_step_and_manual_promot
                       lambda s: (s.get("lastRollout") or {}).get("result") == "Promoted", operator)
     assert obj["status"]["model"]["version"] == v2
     assert route_weights(kube, namespace, "fraud") == {"fraud-stable": 100}
-    assert "PromotionRequested" in reasons(kube, namespace, "fraud")
+    wait_event(kube, namespace, "fraud", "PromotionRequested")
 
 
 def test_missing_metrics_never_promote_and_abort_rolls_back(

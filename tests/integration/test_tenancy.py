@@ -139,8 +139,8 @@ def test_a_url_cannot_steer_the_request_and_an_answer_is_never_echoed(
     obj = wait_reason(kube, namespace, "m", "ModelResolved", "NotARegistry")
     message = condition(obj, "ModelResolved")["message"]
     assert "HTTP 404" in message and fake_registry.url in message, message
-    assert "hunter2" not in str(obj["status"]) and not [e for e in events_for(kube, namespace, "m")
-                                                        if "hunter2" in e["message"]]
+    events = wait_event(kube, namespace, "m", "NotARegistry", "Warning")
+    assert "hunter2" not in str(obj["status"]) and not [e for e in events if "hunter2" in e["message"]]
     paths = {path for path, _ in fake_registry.requests}
     assert paths and all(p.startswith("/internal/admin/api/2.0/mlflow/") for p in paths), paths
 
