@@ -96,8 +96,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if config.webhook_port:
         if not config.webhook_secret:
             raise kopf.PermanentError("MODELPILOT_WEBHOOK_PORT needs MODELPILOT_WEBHOOK_SECRET (MLflow's HMAC secret)")
-        answers, queue = state.reconciler.resolver.answers, state.queue
-        WebhookServer(Receiver(config.webhook_secret, answers.expedite, leading=lambda: queue.active),
+        resolver, queue = state.reconciler.resolver, state.queue
+        WebhookServer(Receiver(config.webhook_secret, resolver.expedite, leading=lambda: queue.active),
                       config.webhook_port).start()
     if config.leader_election:
         namespace = config.leader_election_namespace or own_namespace()

@@ -93,6 +93,8 @@ class Resolver:
         #: True while a refresher keeps followed answers fresh (start_refresher; tests call refresh_due).
         self.refreshing = False
         self._stop = threading.Event()
+        #: Set by `expedite`: the refresher looks at once instead of at its next tick.
+        self._wake = threading.Event()
 
     def credentials(self, namespace: str, spec: DeploymentSpec) -> Credentials | None:
         if not spec.credentials_secret:
@@ -228,9 +230,21 @@ class Resolver:
             self._call((uri, spec.tracking_uri, spec.credentials_secret), spec, ref, creds, done)
         return len(due)
 
+    def expedite(self, model: str) -> int:
+        """A webhook said `model`'s aliases moved: every followed question about it is asked now, without
+        waiting for the refresher's next look (returns how many)."""
+        hits = self.answers.expedite(model)
+        if hits:
+            self._wake.set()
+        return hits
+
     def start_refresher(self, every: float = 1.0) -> None:
         def run() -> None:
-            while not self._stop.wait(every):
+            while not self._stop.is_set():
+                self._wake.wait(every)  # once a second, or at once when a webhook expedites
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
                 try:
                     self.refresh_due()
                 except Exception:
@@ -241,6 +255,7 @@ class Resolver:
 
     def stop_refresher(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def following(self, key: Key, track: str) -> bool:
         """Whether this ModelDeployment's answer for `track` is kept fresh by the refresher."""

@@ -283,6 +283,22 @@ def test_the_refresher_asks_once_per_interval_and_enqueues_followers_only_when_t
     assert len(_alias_calls(world.mlflow)) == 3
 
 
+def test_a_webhook_wakes_the_refresher_instead_of_waiting_for_its_next_look(world: Harness) -> None:
+    resolver = world.reconciler.resolver
+    world.apply("m", refreshInterval="1h")
+    resolver.start_refresher(every=3600)  # its own next look is an hour away
+    try:
+        world.converge("m")
+        world.mlflow.set_alias("fraud", "champion", "2")
+        world.advance(5)
+        world.enqueued.clear()
+        assert resolver.expedite("other") == 0
+        assert resolver.expedite("fraud") == 1
+        wait_for(lambda: world.enqueued == [(NS, "m")], 5, "the answer the webhook asked for")
+    finally:
+        resolver.stop_refresher()
+
+
 def test_an_expedited_question_moves_its_followers_long_before_their_refresh(world: Harness) -> None:
     """What an MLflow webhook does: the refresher asks at once, followers take the new answer."""
     resolver = world.reconciler.resolver
