@@ -84,7 +84,7 @@ class Settings:
     #: Total deadline of each Prometheus query, in seconds.
     prometheus_timeout_seconds: float = 10.0
     #: Reconciles that may run at once (they mostly wait on HTTP).
-    reconcile_workers: int = 16
+    reconcile_workers: int = 32
     #: Cluster DNS domain used in `status.url`.
     cluster_domain: str = "cluster.local"
     #: Name the operator writes with (server-side apply field manager, event source).
