@@ -72,8 +72,9 @@ bench: venv ## modelpilot-serve vs `mlflow models serve` vs MLServer, side by si
 	  "skops==$$($(PY) -c 'import skops; print(skops.__version__)')")
 	$(PY) bench/bench.py
 
-bench-operator: venv binaries ## the operator with 1,000 ModelDeployments on kwok nodes (SIZES=1000,5000 for more); one table
+bench-operator: venv binaries ## the operator with 1,000 ModelDeployments on kwok nodes (SIZES=1000,5000 for more), then its own ceiling against an in-memory API
 	$(PY) bench/operator_bench.py --sizes $(or $(SIZES),1000)
+	$(PY) bench/reconcile_ceiling.py
 
 image: ## build the CPU scoring-server image with docker (where Docker exists)
 	docker build -f serving-image/Dockerfile -t modelpilot/scoring-server:0.1.0 .

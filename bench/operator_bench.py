@@ -8,6 +8,7 @@ audit log records its every request: writes are counted there, not by the operat
 calls are counted from the MLflow server's own access log.
 
 For each size (default 1000; `--sizes 1000,5000`):
+  0. anchor: the API server alone (no operator yet) creates N ClusterIP Services, 16 clients at a time;
   1. create N ModelDeployments in a burst; time until every one is ModelResolved=True, then Ready;
   2. steady state over `--window` seconds with nothing changing: API writes, API reads, registry
      calls, reconciles, operator CPU;
@@ -15,7 +16,11 @@ For each size (default 1000; `--sizes 1000,5000`):
      until the first one does: the refresh's share, 0 to refreshInterval after the move, by design);
   4. register the operator's webhook endpoint in MLflow (which sends `model_version_alias.created`,
      HMAC-signed), move the alias again and time the same;
-  5. operator RSS.
+  5. operator RSS;
+  6. anchor: the operator stopped, the API server alone gives the N Deployments a new pod template.
+While the operator acts (the burst, each alias move), the table also shows the CPU each process used and
+the API server's median answer time to the operator's writes (from its audit log): what the time is made
+of on this machine, where the API server, etcd, the controller-manager and the operator share the cores.
 The "previous design" column is what issue 11 measured on the earlier design at 1,000.
 """
 
@@ -29,6 +34,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ from hack.proc import Processes, free_port, log, wait_for  # noqa: E402
 from hack.services import MlflowServer  # noqa: E402
 
 NS = "bench"
+ANCHOR_NS = "anchor"
 OP_NS = "modelpilot-bench-system"
 SA = "operator"
 MODEL = "bench-model"
@@ -100,6 +107,79 @@ class Audit:
         return verbs
 
 
+    def latencies(self, offset: int) -> str:
+        """The API server's median answer time to the operator's writes since `offset`, by verb and resource
+        (the audit log's stage timestamp minus the time it received the request)."""
+        took: dict[str, list[float]] = {}
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            for line in f:
+                event = json.loads(line)
+                if (event.get("user", {}).get("username") != self.user or event.get("stage") != "ResponseComplete"
+                        or event.get("verb") not in WRITES):
+                    continue
+                ref = event.get("objectRef") or {}
+                what = f"{event['verb']} {ref.get('resource')}" + (f"/{ref['subresource']}" if ref.get("subresource")
+                                                                    else "")
+                took.setdefault(what, []).append(_seconds(event["stageTimestamp"])
+                                                 - _seconds(event["requestReceivedTimestamp"]))
+        medians = {k: sorted(v)[len(v) // 2] * 1000 for k, v in took.items()}
+        return ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(medians.items(), key=lambda kv: -kv[1]))
+
+
+def _seconds(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def service_anchor(cp: ControlPlane, kube: Any, n: int) -> str:
+    """The API server alone, before the operator runs: `n` ClusterIP Services created by 16 parallel clients,
+    as many as the create burst's first reconciles create (without a selector: no EndpointSlices follow), and
+    the API server's own ClusterIP allocation time meanwhile. Kept until the end: deleting them would load
+    the API server during the burst."""
+    cp.kubectl("create", "namespace", ANCHOR_NS)
+
+    def create(i: int) -> None:
+        kube.request("POST", f"/api/v1/namespaces/{ANCHOR_NS}/services", {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": f"s{i:05d}"},
+            "spec": {"ports": [{"port": 80, "targetPort": 8080}]}})
+
+    def allocation() -> tuple[float, float]:
+        text = cp.kubectl("get", "--raw", "/metrics").stdout
+        values = {name: float(v) for name, v in re.findall(
+            r"^kube_apiserver_clusterip_allocator_allocation_duration_seconds_(sum|count)\{[^}]*\} (\S+)$", text, re.M)}
+        return values.get("sum", 0.0), values.get("count", 0.0)
+
+    s0, c0 = allocation()
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(create, range(n)))
+    took = time.monotonic() - started
+    s1, c1 = allocation()
+    each = f"; ClusterIP allocation {(s1 - s0) / (c1 - c0) * 1000:.0f} ms on average" if c1 > c0 else ""
+    return f"{took:.0f} s ({n / took:.0f} Services / s{each})"
+
+
+def deployment_anchor(kube: Any, n: int) -> tuple[str, str]:
+    """The API server without the operator (stopped): the fleet's Deployments get a new pod template from 16
+    parallel clients, as an alias move gives them, and the controller-manager rolls them out meanwhile. One
+    JSON merge patch of a pod-template annotation each: cheaper for the API server than the operator's
+    server-side apply, and without its status write or Event, so this is a floor, not a like-for-like."""
+    base = f"/apis/apps/v1/namespaces/{NS}/deployments"
+    names = [d["metadata"]["name"] for d in kube.request("GET", base, params={
+        "labelSelector": "app.kubernetes.io/managed-by=modelpilot"})["items"]]
+    stamp = str(time.time())
+
+    def patch(name: str) -> None:
+        kube.request("PATCH", f"{base}/{name}", {"spec": {"template": {"metadata": {"annotations": {
+            "bench.modelpilot.dev/anchor": stamp}}}}}, "application/merge-patch+json")
+
+    before, started = component_cpu(None), time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(patch, names))
+    took = time.monotonic() - started
+    return f"{took:.0f} s for {len(names)} Deployments", cpu_shares(before, component_cpu(None), took)
+
+
 def registry_calls(mlflow_log: Path, start: float, end: float) -> int:
     """Alias lookups MLflow logged between two wall-clock times (its log lines carry timestamps; the
     file is written with some delay, so read it a while after `end`)."""
@@ -125,9 +205,9 @@ COMPONENTS = {"kube-apiserver": "API server", "etcd": "etcd", "kube-controller":
               "kube-scheduler": "scheduler", "kwok": "kwok"}
 
 
-def component_cpu(operator_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the operator and by each control-plane process."""
-    used = {"operator": cpu_seconds(operator_pid)}
+def component_cpu(operator_pid: int | None) -> dict[str, float]:
+    """CPU seconds used so far by the operator (when running) and by each control-plane process."""
+    used = {"operator": cpu_seconds(operator_pid)} if operator_pid is not None else {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -181,6 +261,8 @@ def run_size(n: int, cp: ControlPlane, kube: Any, mlflow: MlflowServer, op_port:
 
     # Listing every ModelDeployment is itself load on the API server: at 5,000 poll every 2 s, not 0.5 s.
     poll = 0.5 if n <= 1000 else 2.0
+    audit = Audit(cp.audit_log)
+    burst_offset = audit.offset()
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(create, range(n)))
@@ -196,10 +278,10 @@ def run_size(n: int, cp: ControlPlane, kube: Any, mlflow: MlflowServer, op_port:
         time.sleep(poll)
     row["resolved"] = f"{resolved_at - created:.0f} s" if resolved_at else "not within 30 min"
     row["ready"] = f"{ready_at - created:.0f} s" if ready_at else "not within 30 min"
+    row["burst-latency"] = audit.latencies(burst_offset)
     log(f"resolved after {row['resolved']}, Ready after {row['ready']}")
 
     time.sleep(15)  # let Deployment status updates settle
-    audit = Audit(cp.audit_log)
     mlflow_log = mlflow.dir / "logs" / "mlflow.log"
     a0, w0 = audit.offset(), time.time()
     r0, c0 = metric(op_port, "modelpilot_reconciles_total"), cpu_seconds(pid)
@@ -221,26 +303,30 @@ def run_size(n: int, cp: ControlPlane, kube: Any, mlflow: MlflowServer, op_port:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow.url, registry_uri=mlflow.url)
-    row["alias"], row["alias-cpu"] = move_alias(kube, client, mlflow, n, poll, pid, seed=1,
-                                                target=refresh + (5 if n <= 1000 else 15))
+    target = refresh + (5 if n <= 1000 else 15)
+    row["alias"], row["alias-cpu"], row["alias-latency"] = move_alias(kube, client, mlflow, audit, n, poll, pid,
+                                                                      seed=1, target=target)
     log(f"alias move by polling: {row['alias']}")
     client.create_webhook(name="modelpilot", url=webhook_url, secret=WEBHOOK_SECRET,
                           events=["model_version_alias.created", "model_version_alias.deleted"])
     time.sleep(WEBHOOK_CACHE_TTL + 1)  # MLflow reads who subscribes from a cache of that age
-    row["webhook"], row["webhook-cpu"] = move_alias(kube, client, mlflow, n, poll, pid, seed=2, target=5)
+    row["webhook"], row["webhook-cpu"], row["webhook-latency"] = move_alias(kube, client, mlflow, audit, n, poll,
+                                                                            pid, seed=2, target=5)
     row["rss"] = f"{rss_mib(pid):.0f} MiB"
     log(f"alias move by webhook: {row['webhook']}; RSS {row['rss']}; v1={v1}")
     return row
 
 
-def move_alias(kube: Any, client: Any, mlflow: MlflowServer, n: int, poll: float, pid: int, seed: int,
-               target: float) -> tuple[str, str]:
+def move_alias(kube: Any, client: Any, mlflow: MlflowServer, audit: Audit, n: int, poll: float, pid: int, seed: int,
+               target: float) -> tuple[str, str, str]:
     """Register a version, move `live` to it; the time until every Deployment's pod template names it, and
     until the first one did (what the operator took to learn of the move); and what each process used of
-    the CPU from the first Deployment to the last (where the time of acting on the move goes)."""
+    the CPU from the first Deployment to the last (where the time of acting on the move goes), and how fast
+    the API server answered the operator's writes meanwhile."""
     from hack.sample_model import register
 
     version = register(mlflow.url, MODEL, None, trees=2, seed=seed, features=4)
+    offset = audit.offset()
     client.set_registered_model_alias(MODEL, "live", version)
     moved = time.monotonic()
     selector = "app.kubernetes.io/managed-by=modelpilot"
@@ -256,9 +342,10 @@ def move_alias(kube: Any, client: Any, mlflow: MlflowServer, n: int, poll: float
             done_at = time.monotonic()
         time.sleep(poll)
     if done_at is None or first_at is None:
-        return "not within 10 min", "-"
+        return "not within 10 min", "-", "-"
     cpu = cpu_shares(cpu_first, component_cpu(pid), done_at - first_at)
-    return f"{done_at - moved:.0f} s (first after {first_at - moved:.0f} s; target ≤ {target:.0f} s)", cpu
+    return (f"{done_at - moved:.0f} s (first after {first_at - moved:.0f} s; target ≤ {target:.0f} s)", cpu,
+            audit.latencies(offset))
 
 
 def main() -> int:
@@ -290,6 +377,8 @@ def main() -> int:
                      "the CRD")
             for i in range(n // 100 + 2):  # 110 pods each: room for every pod
                 cp.kubectl("apply", "-f", "-", input=json.dumps(kwok_node(f"bench-{i}", 0)))
+            anchor = service_anchor(cp, kube_client(cp.kubeconfig_path), n)
+            log(f"the API server alone: {n} Services in {anchor}")
             mlflow.start()
             kubeconfig = token_kubeconfig(cp, state / "operator-kubeconfig")
             op_port, live_port, hook_port = free_port(), free_port(), free_port()
@@ -301,12 +390,19 @@ def main() -> int:
             wait_for(lambda port=op_port: metric(port, "modelpilot_leader") == 1, 60, "the operator")
             results[n] = run_size(n, cp, kube_client(cp.kubeconfig_path), mlflow, op_port, proc.pid,
                                   args.window, refresh, f"http://127.0.0.1:{hook_port}/webhooks/mlflow")
+            results[n]["anchor"] = anchor
+            procs.stop("operator")
+            results[n]["anchor-deployments"], results[n]["anchor-deployments-cpu"] = deployment_anchor(
+                kube_client(cp.kubeconfig_path), n)
+            log(f"the API server alone: {results[n]['anchor-deployments']}")
         finally:
             procs.stop("operator")
             mlflow.stop()
             cp.stop()
 
     rows = [("create burst → all ModelResolved", "resolved", "≤ 20 s at 1,000; ≤ 90 s at 5,000"),
+            ("  the API server's median answer to the operator", "burst-latency", "-"),
+            ("  anchor: the API server alone creates as many Services", "anchor", "-"),
             ("create burst → all Ready", "ready", "-"),
             ("steady state: API writes", "writes", "0"),
             ("steady state: API reads", "reads", "-"),
@@ -315,8 +411,12 @@ def main() -> int:
             ("steady state: operator CPU (one core = 100 %)", "cpu", "≤ 3 % at 1,000"),
             ("alias move (polling) → every Deployment", "alias", "≤ refresh + 5 s (1,000), + 15 s (5,000)"),
             ("  CPU from the first Deployment to the last", "alias-cpu", "-"),
+            ("  the API server's median answer to the operator", "alias-latency", "-"),
             ("alias move (MLflow webhook) → every Deployment", "webhook", "≤ 5 s at 1,000"),
             ("  CPU from the first Deployment to the last", "webhook-cpu", "-"),
+            ("  the API server's median answer to the operator", "webhook-latency", "-"),
+            ("  anchor: the API server alone changes as many pod templates", "anchor-deployments", "-"),
+            ("  CPU meanwhile", "anchor-deployments-cpu", "-"),
             ("operator RSS", "rss", "≤ 250 MiB at 5,000")]
     head = ["", "target", *(f"{n:,} ModelDeployments" for n in sizes), "previous design at 1,000"]
     table = [head] + [[label, target, *(results[n].get(key, "-") for n in sizes), PREVIOUS_AT_1000.get(key, "-")]
