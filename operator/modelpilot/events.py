@@ -1,10 +1,11 @@
 """Events are written off the reconcile's path, as client-go's event recorder writes them.
 
 A reconcile decides which Events to record (`VersionChanged`, `Resolved`, canary steps), but nobody
-waits for one: the status it writes already says what happened. So `EventRecorder.record` only queues
-the Event, and writer threads post the queue in order. When the API server is slow (a thousand
-ModelDeployments moving to a new version at once), the reconciles go on applying Deployments and
-writing statuses instead of each waiting for an Event's answer first.
+waits for one: the status it writes already says what happened. So `EventRecorder.create_event` only
+queues the Event, and two writer threads post the queue as it fills (each Event carries the time of
+the reconcile that decided it, so which thread writes first does not reorder them). When the API
+server is slow (a thousand ModelDeployments moving to a new version at once), the reconciles go on
+applying Deployments and writing statuses instead of each waiting for an Event's answer first.
 
 Best effort, like every Kubernetes Event: when the queue is full the newest is dropped (counted in
 `modelpilot_events_dropped_total`, logged), a refused write is logged, and what is still queued when
@@ -34,7 +35,7 @@ _Item = tuple[dict[str, Any], str, str, str, str, str] | None
 
 
 class EventRecorder:
-    """`create_event` that returns at once; `writers` threads write the queued Events in order."""
+    """`create_event` that returns at once; `writers` threads write the queued Events."""
 
     def __init__(self, sink: EventSink, capacity: int = 10_000, writers: int = 2) -> None:
         self.sink = sink
