@@ -105,13 +105,10 @@ def predict(cp: ControlPlane) -> None:
     body = {"dataframe_split": {"columns": [f"f{i}" for i in range(20)], "data": rows}}
     say(f"curl -X POST {url} -H 'Content-Type: application/json' -d '{{\"dataframe_split\": ...2 rows}}'")
 
-    def answer() -> tuple[requests.Response] | None:
-        try:  # a tuple: any answer ends the wait, an error status included (a Response is falsy on 4xx/5xx)
-            return (requests.post(url, json=body, timeout=30),)
-        except requests.ConnectionError:
-            return None  # Ready pods, but kube-proxy has not programmed the Service's endpoints yet
-
-    (resp,) = wait_for(answer, 30, f"the Service at {url} to route to the serving pods (kube-proxy)")
+    # Ready pods may be ahead of kube-proxy's rules: connection errors are retried (wait_for reports the last);
+    # a tuple, so that any answer ends the wait, an error status included (a Response is falsy on 4xx/5xx)
+    (resp,) = wait_for(lambda: (requests.post(url, json=body, timeout=30),), 60,
+                       f"the Service at {url} to route to the serving pods (kube-proxy)")
     version = json.loads(cp.kubectl("get", "mdep", "fraud", "-o", "json").stdout)["status"]["model"]["version"]
     print(f"HTTP {resp.status_code} from the Service (version {version} serving): {resp.text}")
     if resp.status_code != 200:
