@@ -41,6 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tables import print_table  # noqa: E402  (this folder, the script's own)
+
 from hack.controlplane import ControlPlane, ensure_binaries, kwok_node  # noqa: E402
 from hack.proc import Processes, free_port, log, wait_for  # noqa: E402
 from hack.services import MlflowServer  # noqa: E402
@@ -434,12 +436,7 @@ def main() -> int:
     head = ["", "target", *(f"{n:,} ModelDeployments" for n in sizes), "previous design at 1,000"]
     table = [head] + [[label, target, *(results[n].get(key, "-") for n in sizes), PREVIOUS_AT_1000.get(key, "-")]
                       for label, key, target in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    print()
-    for i, r in enumerate(table):
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-        if i == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_table(table)
     return 0
 
 

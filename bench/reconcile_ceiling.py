@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "operator"))
 
+from tables import print_table  # noqa: E402  (this folder, the script's own)
+
 from modelpilot.cache import Cache  # noqa: E402
 from modelpilot.config import Settings  # noqa: E402
 from modelpilot.events import EventRecorder  # noqa: E402
@@ -157,13 +159,7 @@ def main() -> int:
     finally:
         mlflow.close()
     head = ["API round trip", "alias move → every Deployment: Events in the reconcile", "Events queued (now)"]
-    table = [head, *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    print()
-    for j, r in enumerate(table):
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-        if j == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_table([head, *rows])
     return 0
 
 
